@@ -1,0 +1,118 @@
+"""EngineClient: starts the engine process and talks to it. Imports no torch.
+
+Events arrive on a queue filled by a reader thread that also watches the process: if the
+engine dies (crash, OOM kill, SIGKILL) the queue gets an `Error("engine_dead")` within a
+fraction of a second instead of the owner hanging on a pipe.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import threading
+from multiprocessing.connection import wait
+from typing import Any, Callable
+
+from llmtop.protocol import Error, Shutdown, decode, encode
+
+from . import spec, worker
+
+
+class EngineClient:
+    def __init__(self, on_event: Callable[[Any], None] | None = None,
+                 log_path: str | None = None) -> None:
+        """`on_event`, if given, is called on the reader thread for every event (else: queue).
+
+        The engine's stdout and stderr go to `log_path` (default: engine.log in the cache dir)
+        so that library progress bars never scribble over a dashboard.
+        """
+        self.on_event = on_event
+        self.log_path = log_path or str(spec.cache_dir() / "engine.log")
+        self.events: queue.Queue = queue.Queue()
+        self.process: mp.process.BaseProcess | None = None
+        self._conn = None
+        self._reader: threading.Thread | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=worker.main, args=(child, self.log_path), name="llmtop-engine",
+                                   daemon=True)
+        self._closing = False
+        self.process.start()
+        child.close()
+        self._conn = parent
+        self._reader = threading.Thread(target=self._read, name="engine-events", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def send(self, command: Any) -> None:
+        """Sends a command; a dead engine turns into an error event, not an exception."""
+        try:
+            self._conn.send(encode(command))
+        except (OSError, AttributeError, BrokenPipeError):
+            self._deliver(Error("engine_dead", "the engine is not running", recoverable=True))
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The next event (queue mode); raises queue.Empty after `timeout`."""
+        return self.events.get(timeout=timeout)
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Asks the engine to exit, then makes sure it has: no orphan survives this call."""
+        if self.process is None:
+            return
+        self._closing = True
+        if self.process.is_alive():
+            try:
+                self._conn.send(encode(Shutdown()))
+            except OSError:
+                pass
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(1.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(1.0)
+        self._conn.close()
+        if self._reader is not None:
+            self._reader.join(1.0)
+        self.process = None
+
+    def _deliver(self, event: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+        else:
+            self.events.put(event)
+
+    def _read(self) -> None:
+        conn, process = self._conn, self.process
+        while True:
+            data = None
+            try:
+                ready = wait([conn, process.sentinel], timeout=0.5)
+            except OSError:
+                return
+            if conn in ready:
+                try:
+                    data = conn.recv()
+                except (EOFError, OSError):
+                    data = None
+                if data is not None:
+                    self._deliver(decode(data))
+                    continue
+            if process.sentinel in ready or not process.is_alive():
+                process.join(0.5)
+                if not self._closing:
+                    code = process.exitcode
+                    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                    self._deliver(Error("engine_dead", f"the engine process died ({how})",
+                                        recoverable=True))
+                return

@@ -1,0 +1,134 @@
+"""Loading a model (and its tokenizer) for a ModelSpec onto a device, in a dtype."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from . import spec as specs
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+Progress = Callable[[str, "float | None"], None]
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any | None   # None only for a synthetic model when no tokenizer is at hand
+    spec: specs.ModelSpec
+    device: str
+    dtype: str
+
+    def info(self) -> dict[str, Any]:
+        cfg = self.model.config
+        params = sum(p.numel() for p in self.model.parameters())
+        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return dict(
+            name=self.spec.name, params=params, weight_bytes=weight_bytes,
+            layers=cfg.num_hidden_layers, heads=cfg.num_attention_heads,
+            kv_heads=cfg.num_key_value_heads, hidden=cfg.hidden_size, vocab=cfg.vocab_size,
+            dtype=self.dtype, device=self.device, synthetic=self.spec.synthetic,
+            source=self.spec.path)
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """Bytes of K and V one token adds to the cache, all layers together."""
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    elem = next(model.parameters()).element_size()
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * elem
+
+
+def convert_embedded(progress: Progress) -> Path:
+    """Dequantize the embedded GGUF once into a bf16 safetensors cache; later loads take ~1 s.
+
+    Written to a temporary folder and renamed, so two processes converting at once (two
+    terminals, parallel tests) never see a half-written cache.
+    """
+    target = specs.embedded_cache()
+    if (target / "model.safetensors").exists():
+        return target
+    gguf = specs.embedded_gguf()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        progress("reading the GGUF tokenizer", 0.05)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        progress("dequantizing GGUF weights to bf16", 0.5)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                     dtype=torch.bfloat16)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        progress("writing the bf16 safetensors cache", 0.9)
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        try:
+            os.rename(work, target)
+        except OSError:  # another process won the race; its cache is as good as ours
+            if not (target / "model.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def synthetic_tokenizer() -> Any | None:
+    """The embedded model's tokenizer: its 49152 ids cover Llama-2's 32000, so text shows."""
+    folder = specs.embedded_cache()
+    if (folder / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(folder)
+    return None
+
+
+def build_synthetic(shape: str, device: str, dtype: torch.dtype, attn: str) -> Any:
+    """Random weights built directly on the device in the target dtype (never fp32 on host)."""
+    cfg = LlamaConfig(**specs.SYNTHETIC_SHAPES[shape], rms_norm_eps=1e-5,
+                      attn_implementation=attn, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    with torch.device("meta"):
+        model = LlamaForCausalLM._from_config(cfg, dtype=dtype)
+    model.to_empty(device=device)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model.initialize_weights()  # also recomputes the rotary buffers to_empty left as garbage
+    return model
+
+
+def load(spec: specs.ModelSpec, device: str, dtype: str, attn: str,
+         progress: Progress) -> Loaded:
+    """The model for `spec` on `device`, in eval mode with gradients off."""
+    torch_dtype = DTYPES[dtype]
+    if spec.kind == "synthetic":
+        progress(f"building random weights for {spec.name} on {device}", 0.1)
+        model = build_synthetic(spec.path, device, torch_dtype, attn)
+        tokenizer = synthetic_tokenizer()
+    else:
+        if spec.kind == "embedded":
+            folder, gguf_file = str(convert_embedded(progress)), None
+        elif spec.kind == "gguf":
+            folder, gguf_file = str(Path(spec.path).parent), Path(spec.path).name
+        else:
+            folder, gguf_file = spec.path, None
+        progress(f"loading {spec.name}", 0.95)
+        extra = {"gguf_file": gguf_file} if gguf_file else {}
+        if spec.kind == "hub":
+            extra["local_files_only"] = True
+        tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype,
+                                                     attn_implementation=attn, **extra)
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer is not None:
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    progress("ready", 1.0)
+    return Loaded(model, tokenizer, spec, device, dtype)

@@ -1,0 +1,203 @@
+"""The engine proper: holds the model, applies configurations, runs requests, emits events."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+import time
+from dataclasses import asdict
+from typing import Any, Callable
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+from llmtop import metrics as run_metrics
+from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, Error, Generate, ModelInfo, RunDone,
+                             RunStarted, Status, Token)
+
+from . import catalogue, ceilings, generate, models, record
+from . import spec as specs
+
+Emit = Callable[[Any], None]
+
+
+class Engine:
+    def __init__(self, emit: Emit, stop: threading.Event) -> None:
+        self.emit = emit
+        self.stop = stop
+        self.loaded: models.Loaded | None = None
+        self.config: Configure | None = None
+        self.ceilings: dict[str, Any] = {}
+
+    # ---- configuration ------------------------------------------------------------------
+
+    def configure(self, cfg: Configure) -> None:
+        """Load the model, or apply a new configuration in place where the library allows."""
+        t0 = time.perf_counter()
+        if cfg.device == "auto":
+            cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+        spec = specs.resolve(cfg.model)
+        opts = {**catalogue.DEFAULTS, **cfg.opts, "dtype": cfg.dtype}
+        catalogue.check(opts, cfg.device)
+        cfg = Configure(cfg.model, cfg.device, cfg.dtype, opts, cfg.tp)
+        old = self.config
+        attn_impl = catalogue.ATTENTION_IMPL[opts["attention"]][0]
+        reload = (old is None or self.loaded is None or
+                  (old.model, old.device, old.dtype) != (cfg.model, cfg.device, cfg.dtype) or
+                  old.opts.get("compile") != opts["compile"])
+        if reload:
+            self._unload()
+            with self._heartbeat("loading", f"loading {spec.name} on {cfg.device}"):
+                self.loaded = models.load(spec, cfg.device, cfg.dtype, attn_impl, self._progress)
+            how = "loaded"
+        else:
+            self.loaded.model.set_attn_implementation(attn_impl)
+            how = "in place"
+        self.config = cfg
+        if opts["compile"] != "off" and how == "loaded":
+            self._compile(opts["compile"])
+        info = self.loaded.info()
+        self.emit(ModelInfo(**info))
+        if reload:
+            self.emit(Status("warming", "measuring the device's bandwidth and FLOP/s ceilings"))
+            self.ceilings = ceilings.get(cfg.device, models.DTYPES[cfg.dtype])
+        self.emit(DeviceInfo(cfg.device, self.ceilings["device_name"], self.ceilings["mem_bw_gb_s"],
+                             self.ceilings["peak_tflops"],
+                             catalogue.as_dict(catalogue.availability(cfg.device))))
+        self.emit(ConfigApplied(asdict(cfg), how, time.perf_counter() - t0))
+        self.emit(Status("ready", f"{spec.name} on {cfg.device}"))
+
+    def _compile(self, mode: str) -> None:
+        model = self.loaded.model
+        if mode == "layers":
+            # the study's recipe: each layer's self-attention compiled with dynamic shapes
+            for layer in model.model.layers:
+                layer.self_attn.forward = torch.compile(layer.self_attn.forward, dynamic=True)
+        else:
+            model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+
+    def _unload(self) -> None:
+        self.loaded = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _progress(self, detail: str, fraction: float | None) -> None:
+        self.emit(Status("loading", detail, fraction))
+
+    @contextlib.contextmanager
+    def _heartbeat(self, phase: str, detail: str):
+        """Status events every 0.5 s with elapsed time while a long step runs."""
+        done = threading.Event()
+        t0 = time.perf_counter()
+
+        def beat() -> None:
+            while not done.wait(0.5):
+                self.emit(Status(phase, detail, None, time.perf_counter() - t0))
+
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    # ---- generation ---------------------------------------------------------------------
+
+    def generate(self, req: Generate) -> None:
+        if self.loaded is None or self.config is None:
+            self.emit(Error("not_configured", "configure the engine before generating"))
+            return
+        self.stop.clear()
+        loaded, cfg = self.loaded, self.config
+        model, tok = loaded.model, loaded.tokenizer
+        mcfg = model.config
+        start_ns = time.perf_counter_ns()
+        try:
+            inputs = generate.prepare(req, tok, mcfg.vocab_size, mcfg.max_position_embeddings,
+                                      cfg.device)
+        except ValueError as e:
+            self.emit(Error("bad_request", str(e)))
+            return
+        self.emit(RunStarted(req.run_id, inputs.prompts, inputs.prompt_tokens, req.batch,
+                             req.max_new_tokens, start_ns))
+        self.emit(Status("generating", f"run {req.run_id}"))
+        gen = None
+        if req.sample:
+            gen = torch.Generator(device=cfg.device).manual_seed(req.seed)
+        sampling = generate.Sampling(req.sample, req.temperature, req.top_p, req.top_k, gen)
+        cache = self._cache(req.batch, inputs.prompt_tokens + req.max_new_tokens)
+        stream = generate.Stream(tok, req.batch)
+        eos = _eos_ids(model, tok)
+        tokens: list[list[dict[str, Any]]] = [[] for _ in range(req.batch)]
+        stamps: list[int] = []
+        stopped = ""
+        try:
+            with self._sdpa_backend():
+                for step in generate.run(model, inputs, req.max_new_tokens, sampling, cache, eos,
+                                         req.ignore_eos, self.stop.is_set):
+                    texts = stream.push(step.ids)
+                    stamps.append(step.t_ns)
+                    for r, (tid, text, live) in enumerate(zip(step.ids, texts, step.live)):
+                        if live:
+                            tokens[r].append({"index": step.index, "id": tid, "text": text,
+                                              "t_ns": step.t_ns})
+                    self.emit(Token(req.run_id, step.index, step.ids, texts, step.t_ns))
+            if self.stop.is_set():
+                stopped = "stop"
+        except torch.OutOfMemoryError:
+            stopped = "oom"
+            self.emit(Error("oom", f"out of device memory at batch {req.batch}, prompt "
+                                   f"{inputs.prompt_tokens} tokens, after {len(stamps)} tokens"))
+        except RuntimeError as e:
+            stopped = "error"
+            self.emit(Error("runtime", _one_line(e)))
+        finally:
+            del cache
+            if stopped == "oom":
+                gc.collect()
+                torch.cuda.empty_cache()
+        if stamps:
+            m = run_metrics.run_metrics(start_ns, stamps, req.batch, inputs.prompt_tokens)
+            rec = record.build(loaded.info(), asdict(cfg), asdict(req), tokens, m.to_dict(),
+                               {"status": "not_checked"}, stopped)
+            rec["start_ns"] = start_ns
+            rec["kv_bytes_per_token"] = models.kv_bytes_per_token(model)
+            rec["ceilings"] = self.ceilings
+            info = rec["model"]
+            rec["roofline"] = asdict(run_metrics.roofline(
+                m, info["weight_bytes"], info["params"], rec["kv_bytes_per_token"],
+                self.ceilings["mem_bw_gb_s"], self.ceilings["peak_tflops"]))
+            self.emit(RunDone(req.run_id, rec))
+        self.emit(Status("ready", "error" if stopped in ("oom", "error") else ""))
+
+    def _cache(self, batch: int, length: int) -> Any:
+        model = self.loaded.model
+        if self.config.opts["kv"] == "static":
+            return StaticCache(config=model.config, max_cache_len=length)
+        return DynamicCache(config=model.config)
+
+    def _sdpa_backend(self) -> contextlib.AbstractContextManager:
+        backend = catalogue.ATTENTION_IMPL[self.config.opts["attention"]][1]
+        if backend is None:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([getattr(SDPBackend, backend)])
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config else None
+    if ids is None:
+        ids = model.config.eos_token_id
+    out = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        out.add(tokenizer.eos_token_id)
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]

@@ -1,0 +1,82 @@
+"""The engine process's entry point. Imports torch only inside `main`, after the spawn.
+
+A reader thread takes commands off the pipe so that a Stop reaches a running generation and
+a vanished owner (its pipe end closed) ends this process at once: no orphans.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from llmtop.protocol import Configure, Error, Generate, Shutdown, Status, Stop, decode, encode
+
+
+def main(conn: Connection, log_path: str | None = None) -> None:
+    if log_path:
+        _redirect_output(log_path)
+    # Ctrl-C belongs to the owner, which shuts us down in order; we must not die mid-send.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    send_lock = threading.Lock()
+
+    def emit(event: Any) -> None:
+        with send_lock:
+            conn.send(encode(event))
+
+    inbox: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def read() -> None:
+        while True:
+            try:
+                message = decode(conn.recv())
+            except (EOFError, OSError):
+                os._exit(0)
+            except ValueError as e:
+                emit(Error("protocol", str(e)))
+                continue
+            if isinstance(message, Stop):
+                stop.set()
+            inbox.put(message)
+
+    threading.Thread(target=read, name="engine-commands", daemon=True).start()
+    emit(Status("starting", "importing torch and transformers"))
+    from . import catalogue, spec
+    from .runner import Engine
+
+    engine = Engine(emit, stop)
+    emit(Status("ready", "waiting for a configuration"))
+    while True:
+        message = inbox.get()
+        try:
+            if isinstance(message, Shutdown):
+                break
+            if isinstance(message, Configure):
+                engine.configure(message)
+            elif isinstance(message, Generate):
+                engine.generate(message)
+        except (spec.ModelSpecError, catalogue.OptionError) as e:
+            emit(Error("config", str(e)))
+            emit(Status("ready" if engine.loaded else "error", str(e)))
+        except MemoryError:
+            emit(Error("oom", "out of host memory"))
+        except Exception as e:  # the owner shows one line; the traceback goes to stderr
+            traceback.print_exc()
+            lines = str(e).strip().splitlines()
+            emit(Error("internal", f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]))
+            emit(Status("error", type(e).__name__))
+    conn.close()
+
+
+def _redirect_output(path: str) -> None:
+    """Library chatter (progress bars, warnings, tracebacks) goes to a log, not the owner's screen."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)

@@ -1,0 +1,3 @@
+from llmtop.cli import main
+import sys
+sys.exit(main())

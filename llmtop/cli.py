@@ -1,0 +1,96 @@
+"""`llmtop` command line: argument parsing and dispatch. Imports no torch at module level."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from llmtop import __version__
+
+EPILOG = """examples:
+  llmtop                                         the dashboard on the embedded SmolLM2-135M
+  llmtop run --headless --prompt "The largest continent is" --max-new-tokens 64
+  llmtop run --headless --model synthetic:llama-2-7b --device cuda --batch 8 --prompt-len 2048
+  llmtop run --headless --opt attention=eager --opt kv=static --json run.json
+  llmtop info                                    what runs on this machine, and why not
+"""
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options every command that generates shares (run, dashboard, bench)."""
+    g = p.add_argument_group("model and device")
+    g.add_argument("--model", default="embedded",
+                   help="'embedded' (SmolLM2-135M-Instruct, default), a local Hugging Face "
+                        "directory, a .gguf file, a hub id already in the local cache, or "
+                        "synthetic:llama-2-7b | synthetic:llama-2-70b | synthetic:tiny "
+                        "(random weights, real timings)")
+    g.add_argument("--device", default="auto",
+                   help="cpu, cuda or cuda:N (ROCm GPUs are cuda too); auto = cuda if present")
+    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    g.add_argument("--opt", action="append", default=[], metavar="AXIS=VALUE",
+                   help="an optimization, e.g. attention=sdpa, kv=static, compile=full, "
+                        "gemm=tunableop (repeatable; `llmtop info` lists them all)")
+    g.add_argument("--preset", choices=["baseline", "study", "max"],
+                   help="a named set of optimizations, applied before --opt")
+    g.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs (default 1)")
+    r = p.add_argument_group("request")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="prompt text (default: the study's 'The largest continent is')")
+    src.add_argument("--prompt-len", type=int, metavar="N",
+                     help="a synthetic prompt of N random tokens (for sweeps and synthetic models)")
+    r.add_argument("--chat", action="store_true",
+                   help="send the prompt as a user message through the model's chat template")
+    r.add_argument("--batch", type=int, default=1, help="requests per step (default 1)")
+    r.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    r.add_argument("--ignore-eos", action="store_true", help="always generate max-new-tokens")
+    r.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    r.add_argument("--temperature", type=float, default=0.7)
+    r.add_argument("--top-p", type=float, default=0.9)
+    r.add_argument("--top-k", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmtop", description="Live LLM inference profiling in the terminal: tokens, "
+        "TTFT/TPOT, GPU telemetry and optimizations you toggle while it runs.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"llmtop {__version__}")
+    add_run_options(p)
+    p.add_argument("--theme", default=None, help="dashboard theme (see the themes/ folder)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="generate: the dashboard, or text and a metrics table with --headless",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_options(run)
+    run.add_argument("--headless", action="store_true", help="no dashboard: text to stdout, then metrics")
+    run.add_argument("--json", metavar="FILE", help="write the full run record (every token stamp) here")
+    run.add_argument("--theme", default=None, help="dashboard theme")
+
+    info = sub.add_parser("info", help="devices, versions, telemetry, and every optimization's availability")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            from llmtop import info
+
+            return info.main(args)
+        if args.command == "run" and args.headless:
+            from llmtop import headless
+
+            return headless.main(args)
+        from llmtop import dashboard
+
+        return dashboard.main(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""`llmtop` with no subcommand (or `llmtop run` without --headless): the Textual dashboard."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llmtop.settings import UsageError, configure_from_args, generate_from_args
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        configure = configure_from_args(args)
+        request = generate_from_args(args)
+    except UsageError as e:
+        print(f"llmtop: {e}", file=sys.stderr)
+        return 2
+    from llmtop.tui.app import LlmtopApp
+
+    app = LlmtopApp(configure=configure, request=request, theme_name=args.theme)
+    app.run()
+    return app.return_code or 0

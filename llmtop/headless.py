@@ -1,0 +1,136 @@
+"""`llmtop run --headless`: stream the text to stdout, then a metrics table (and --json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+import time
+from typing import Any, TextIO
+
+from llmtop.engine.client import EngineClient
+from llmtop.protocol import ConfigApplied, Error, RunDone, Status, Stop, Token
+from llmtop.settings import UsageError, configure_from_args, generate_from_args
+
+
+def metrics_table(record: dict[str, Any]) -> str:
+    """The run's figures as aligned text; identical to what the record holds."""
+    m, model, cfg = record["metrics"], record["model"], record["config"]
+    opts = " ".join(f"{k}={v}" for k, v in cfg["opts"].items() if k != "dtype")
+    n, batch = m["n_tokens"], m["batch"]
+    synthetic = " (synthetic weights)" if model.get("synthetic") else ""
+    rows = [
+        f"model     {model['name']}{synthetic}  {model['params'] / 1e6:.1f} M params  "
+        f"{model['dtype']} on {model['device']}",
+        f"config    {opts}",
+        f"TTFT      {m['ttft_ms']:10.2f} ms   prefill {m['prefill_tokens_per_s']:,.0f} tok/s "
+        f"({m['prompt_tokens']} prompt tokens x batch {batch})",
+        f"TPOT      {m['tpot_ms']:10.2f} ms   decode {m['decode_tokens_per_s']:,.1f} tok/s",
+        f"ITL       mean {m['itl']['mean']:.2f}  p50 {m['itl']['p50']:.2f}  "
+        f"p90 {m['itl']['p90']:.2f}  p99 {m['itl']['p99']:.2f} ms",
+        f"latency   {m['e2e_ms']:10.2f} ms   = TTFT + TPOT x {n - 1}",
+        f"tokens    {n} x batch {batch}   {m['tokens_per_s']:,.1f} tok/s overall",
+    ]
+    roof = record.get("roofline")
+    if roof:
+        rows.append(f"roofline  decode {roof['decode_pct']:.0f}% of the {roof['decode_floor_ms']:.2f} ms floor "
+                    f"({roof['achieved_gb_s']:.0f} GB/s of {record['ceilings']['mem_bw_gb_s']:.0f}), "
+                    f"prefill {roof['prefill_pct']:.0f}% of the {roof['prefill_floor_ms']:.2f} ms floor")
+    if record.get("stopped"):
+        rows.append(f"stopped   early: {record['stopped']}")
+    width = max(len(r) for r in rows)
+    return "\n".join(["-" * width, *rows, "-" * width])
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"llmtop: {message}", file=sys.stderr)
+    return code
+
+
+def _progress(event: Status, err: TextIO) -> None:
+    if not err.isatty():
+        return
+    if event.phase in ("loading", "compiling", "starting", "capturing", "tuning", "warming"):
+        extra = f" {event.progress:.0%}" if event.progress is not None else ""
+        extra += f" {event.elapsed_s:.0f}s" if event.elapsed_s else ""
+        err.write(f"\r\033[K[{event.phase}] {event.detail}{extra}")
+        err.flush()
+
+
+def _clear(err: TextIO) -> None:
+    if err.isatty():
+        err.write("\r\033[K")
+
+
+def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    try:
+        configure = configure_from_args(args)
+        request = generate_from_args(args)
+    except UsageError as e:
+        return _fail(str(e), 2)
+    client = EngineClient()
+    client.start()
+    record = None
+    try:
+        client.send(configure)
+        while True:  # until the configuration is applied
+            ev = client.get()
+            if isinstance(ev, Status):
+                _progress(ev, err)
+            elif isinstance(ev, Error):
+                _clear(err)
+                return _fail(ev.message, 2 if ev.kind == "config" else 1)
+            elif isinstance(ev, ConfigApplied):
+                _clear(err)
+                break
+        client.send(request)
+        if request.prompt is not None and request.batch == 1:
+            out.write(request.prompt)
+        try:
+            record = _stream(client, out)
+        except KeyboardInterrupt:
+            client.send(Stop())
+            record = _stream(client, out, timeout=10)
+            out.write("\n")
+        if isinstance(record, Error):
+            return _fail(record.message, 2 if record.kind == "bad_request" else 1)
+        out.write("\n" + metrics_table(record) + "\n")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(record, f, indent=1)
+            out.write(f"record written to {args.json}\n")
+        return 0 if not record.get("stopped") else 1
+    finally:
+        client.close()
+
+
+FATAL = ("engine_dead", "bad_request", "config", "not_configured", "internal")
+
+
+def _stream(client: EngineClient, out: TextIO, timeout: float | None = None) -> Any:
+    """Writes request 0's text as it arrives; returns the record, or the Error that ended it.
+
+    An OOM or runtime error mid-run still yields a record of the tokens measured so far.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    error = None
+    while True:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            ev = client.get(timeout=wait)
+        except queue.Empty:
+            return Error("timeout", "the engine did not finish the run in time")
+        if isinstance(ev, Token):
+            out.write(ev.texts[0])
+            out.flush()
+        elif isinstance(ev, RunDone):
+            if error is not None:
+                print(f"\nllmtop: {error.message}", file=sys.stderr)
+            return ev.record
+        elif isinstance(ev, Error):
+            if ev.kind in FATAL:
+                return ev
+            error = ev
+        elif isinstance(ev, Status) and ev.phase in ("ready", "error") and error is not None:
+            return error

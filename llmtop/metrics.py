@@ -1,0 +1,108 @@
+"""Latency metrics from token stamps. Pure Python: the engine, the UI and bench share it.
+
+Definitions follow vLLM's benchmarks so our figures compare with theirs:
+TTFT = first stamp - request start; TPOT = (last - first) / (n - 1); ITL = every gap;
+end-to-end = last stamp - request start. Hence e2e = TTFT + TPOT x (n - 1) exactly, which is
+the study's latency formula.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in 0..100; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+@dataclass
+class Summary:
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Summary":
+        mean = sum(values) / len(values) if values else math.nan
+        return cls(mean, percentile(values, 50), percentile(values, 90), percentile(values, 99))
+
+
+@dataclass
+class RunMetrics:
+    n_tokens: int            # decode steps (tokens per request)
+    batch: int
+    prompt_tokens: int       # per request
+    ttft_ms: float
+    tpot_ms: float
+    e2e_ms: float
+    itl_ms: list[float]
+    itl: Summary
+    tokens_per_s: float      # generated tokens of the whole batch / e2e
+    decode_tokens_per_s: float  # batch / TPOT: the steady-state rate
+    prefill_tokens_per_s: float  # batch x prompt tokens / TTFT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_metrics(start_ns: int, stamps_ns: Sequence[int], batch: int = 1,
+                prompt_tokens: int = 0) -> RunMetrics:
+    """Metrics of one run from its request start and per-step stamps (perf_counter_ns)."""
+    if not stamps_ns:
+        raise ValueError("a run with no tokens has no latency metrics")
+    n = len(stamps_ns)
+    ttft = (stamps_ns[0] - start_ns) / 1e6
+    e2e = (stamps_ns[-1] - start_ns) / 1e6
+    tpot = (stamps_ns[-1] - stamps_ns[0]) / 1e6 / (n - 1) if n > 1 else 0.0
+    itl = [(b - a) / 1e6 for a, b in zip(stamps_ns, stamps_ns[1:])]
+    return RunMetrics(
+        n_tokens=n,
+        batch=batch,
+        prompt_tokens=prompt_tokens,
+        ttft_ms=ttft,
+        tpot_ms=tpot,
+        e2e_ms=e2e,
+        itl_ms=itl,
+        itl=Summary.of(itl),
+        tokens_per_s=batch * n / (e2e / 1e3) if e2e > 0 else math.nan,
+        decode_tokens_per_s=batch / (tpot / 1e3) if tpot > 0 else math.nan,
+        prefill_tokens_per_s=batch * prompt_tokens / (ttft / 1e3) if ttft > 0 else math.nan,
+    )
+
+
+@dataclass
+class Roofline:
+    """How close a run came to what the hardware allows (DESIGN.md's floors)."""
+
+    decode_floor_ms: float
+    prefill_floor_ms: float
+    decode_pct: float    # floor / achieved TPOT x 100
+    prefill_pct: float
+    achieved_gb_s: float
+
+
+def roofline(metrics: RunMetrics, weight_bytes: int, params: int, kv_bytes_per_token: int,
+             mem_bw_gb_s: float, peak_tflops: float) -> Roofline:
+    """Decode is bounded by reading the weights (and KV) once a step, prefill by FLOPs."""
+    ctx = metrics.prompt_tokens + metrics.n_tokens / 2  # mean context length while decoding
+    bytes_per_step = weight_bytes + kv_bytes_per_token * ctx * metrics.batch
+    decode_floor = bytes_per_step / (mem_bw_gb_s * 1e9) * 1e3
+    prefill_floor = 2 * params * metrics.prompt_tokens * metrics.batch / (peak_tflops * 1e12) * 1e3
+    achieved = bytes_per_step / (metrics.tpot_ms / 1e3) / 1e9 if metrics.tpot_ms > 0 else math.nan
+    return Roofline(
+        decode_floor_ms=decode_floor,
+        prefill_floor_ms=prefill_floor,
+        decode_pct=100 * decode_floor / metrics.tpot_ms if metrics.tpot_ms > 0 else math.nan,
+        prefill_pct=100 * prefill_floor / metrics.ttft_ms if metrics.ttft_ms > 0 else math.nan,
+        achieved_gb_s=achieved,
+    )

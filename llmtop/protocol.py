@@ -1,0 +1,177 @@
+"""The messages between the UI (or CLI) process and the engine process.
+
+Both sides import this module and nothing else of each other. Messages are dataclasses of
+builtins; on the wire they travel as plain dicts tagged with their type and the protocol
+version, so no torch object (or any class the other side lacks) is ever pickled across.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+PHASES = ("starting", "loading", "compiling", "capturing", "tuning", "warming", "ready",
+          "generating", "error")
+
+
+# ---- commands: client -> engine -------------------------------------------------------------
+
+@dataclass
+class Configure:
+    """Load (or reconfigure) the model. `opts` maps catalogue axes to option names."""
+
+    model: str = "embedded"
+    device: str = "cpu"
+    dtype: str = "bf16"
+    opts: dict[str, str] = field(default_factory=dict)
+    tp: int = 1
+
+
+@dataclass
+class Generate:
+    """One run. Exactly one of `prompt`, `messages` or `prompt_len` says what goes in."""
+
+    run_id: int = 0
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+    prompt_len: int | None = None
+    batch: int = 1
+    max_new_tokens: int = 64
+    sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 0
+    seed: int = 0
+    ignore_eos: bool = False
+
+
+@dataclass
+class Stop:
+    """Ends the current run early; the tokens so far still make a record."""
+
+
+@dataclass
+class Shutdown:
+    """Asks the engine to exit."""
+
+
+# ---- events: engine -> client ---------------------------------------------------------------
+
+@dataclass
+class Status:
+    phase: str
+    detail: str = ""
+    progress: float | None = None  # 0..1 when known
+    elapsed_s: float | None = None
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    params: int
+    weight_bytes: int
+    layers: int
+    heads: int
+    kv_heads: int
+    hidden: int
+    vocab: int
+    dtype: str
+    device: str
+    synthetic: bool
+    source: str = ""
+
+
+@dataclass
+class DeviceInfo:
+    """The device the engine runs on: its measured ceilings and what can run there.
+
+    `options` maps axis -> option -> {"ok": bool, "reason": str}: the UI (which has no torch)
+    greys out what cannot run and shows why.
+    """
+
+    device: str
+    name: str
+    mem_bw_gb_s: float
+    peak_tflops: float
+    options: dict[str, dict[str, dict[str, Any]]]
+
+
+@dataclass
+class ConfigApplied:
+    """What the engine runs with now, and how it got there (in place, reloaded, recompiled)."""
+
+    config: dict[str, Any]
+    how: str
+    seconds: float
+
+
+@dataclass
+class RunStarted:
+    run_id: int
+    prompts: list[str]
+    prompt_tokens: int
+    batch: int
+    max_new_tokens: int
+    t_start_ns: int
+
+
+@dataclass
+class Token:
+    """One decode step: the token of every request in the batch, stamped once on the host."""
+
+    run_id: int
+    index: int
+    ids: list[int]
+    texts: list[str]
+    t_ns: int
+
+
+@dataclass
+class RunDone:
+    run_id: int
+    record: dict[str, Any]
+
+
+@dataclass
+class EngineEvent:
+    """Something that explains speed (recompile, graph capture, tuning), for trace markers."""
+
+    kind: str
+    detail: str
+    t_ns: int
+
+
+@dataclass
+class Error:
+    kind: str
+    message: str
+    recoverable: bool = True
+
+
+COMMANDS = (Configure, Generate, Stop, Shutdown)
+EVENTS = (Status, ModelInfo, DeviceInfo, ConfigApplied, RunStarted, Token, RunDone, EngineEvent, Error)
+_TYPES = {cls.__name__: cls for cls in COMMANDS + EVENTS}
+
+
+def encode(message: Any) -> dict[str, Any]:
+    """A message as a plain dict, ready for any pipe or JSON line."""
+    data = dataclasses.asdict(message)
+    data["type"] = type(message).__name__
+    data["v"] = PROTOCOL_VERSION
+    return data
+
+
+def decode(data: dict[str, Any]) -> Any:
+    """The message a dict from `encode` stands for; unknown versions or types raise ValueError."""
+    data = dict(data)
+    version = data.pop("v", None)
+    if version != PROTOCOL_VERSION:
+        raise ValueError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    name = data.pop("type", None)
+    cls = _TYPES.get(name)
+    if cls is None:
+        raise ValueError(f"unknown message type {name!r}")
+    return cls(**data)

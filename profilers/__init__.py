@@ -1,0 +1,1 @@
+"""GPU, host and NUMA telemetry; imports nothing from Textual or torch."""
