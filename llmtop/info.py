@@ -1,0 +1,75 @@
+"""`llmtop info`: what this machine has, and which optimizations run here (and why not)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def collect(device: str) -> dict[str, Any]:
+    """Versions, devices and the catalogue's availability for `device` (imports torch)."""
+    import torch
+
+    from llmtop.engine import catalogue, record, spec
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        embedded = str(spec.embedded_gguf())
+    except spec.ModelSpecError as e:
+        embedded = f"unavailable: {e}"
+    return {
+        "versions": record.versions(),
+        "machine": record.machine(),
+        "device": device,
+        "embedded_model": embedded,
+        "model_cache": str(spec.cache_dir()),
+        "synthetic_shapes": list(spec.SYNTHETIC_SHAPES),
+        "options": catalogue.as_dict(catalogue.availability(device)),
+        "presets": catalogue.PRESETS,
+    }
+
+
+def _telemetry() -> tuple[dict[str, Any] | None, str]:
+    try:
+        from llmtop.profilers import report
+    except ImportError as e:
+        return None, f"telemetry unavailable: {e}"
+    return report.info_dict(), report.info_text()
+
+
+def render(data: dict[str, Any]) -> str:
+    v = data["versions"]
+    lines = ["llmtop " + v.get("llmtop", "?"),
+             "versions  " + "  ".join(f"{k} {val}" for k, val in v.items() if val and k != "llmtop"),
+             f"machine   {data['machine']['platform']}, {data['machine']['cpu_count']} CPUs"]
+    for gpu in data["machine"]["gpus"]:
+        lines.append(f"gpu {gpu['index']}     {gpu['name']}, {gpu['memory_bytes'] / 2**30:.0f} GiB, "
+                     f"{gpu['sm_count']} SMs")
+    if not data["machine"]["gpus"]:
+        lines.append("gpu       none visible to torch: everything runs on the CPU")
+    lines += [f"embedded  {data['embedded_model']}", f"cache     {data['model_cache']}",
+              "synthetic " + ", ".join("synthetic:" + s for s in data["synthetic_shapes"]),
+              "", f"optimizations on {data['device']} (--opt AXIS=OPTION):"]
+    for axis, options in data["options"].items():
+        lines.append(f"  {axis}")
+        for name, a in options.items():
+            mark = "yes" if a["ok"] else "no "
+            lines.append(f"    {mark} {name:<18} {a['reason']}".rstrip())
+    lines.append("presets (--preset NAME): " + "; ".join(
+        f"{n}: " + " ".join(f"{k}={val}" for k, val in p.items()) for n, p in data["presets"].items()))
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    data = collect(args.device)
+    telemetry, text = _telemetry()
+    if args.json:
+        data["telemetry"] = telemetry
+        print(json.dumps(data, indent=1))
+    else:
+        print(render(data))
+        print()
+        print(text)
+    return 0

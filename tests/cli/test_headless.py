@@ -1,0 +1,98 @@
+"""The real `llmtop` command in a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+LLMTOP = [sys.executable, "-m", "llmtop"]
+
+
+def llmtop(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*LLMTOP, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_headless_run_streams_text_and_ends_with_a_metrics_table(tmp_path):
+    out = tmp_path / "run.json"
+    p = llmtop("run", "--headless", "--prompt", "The largest continent is",
+               "--max-new-tokens", "24", "--json", str(out))
+    assert p.returncode == 0, p.stderr
+    text = p.stdout.split("\n---")[0]
+    assert text.startswith("The largest continent is ")
+    assert len(text.split()) > 10            # real words from the model
+    for label in ("TTFT", "TPOT", "ITL", "latency", "= TTFT + TPOT x", "roofline"):
+        assert label in p.stdout
+    record = json.loads(out.read_text())
+    m = record["metrics"]
+    assert math.isclose(m["e2e_ms"], m["ttft_ms"] + m["tpot_ms"] * (m["n_tokens"] - 1))
+    assert f"{m['tpot_ms']:.2f} ms" in p.stdout
+    assert {"model", "config", "machine", "versions", "tokens", "metrics", "guard"} <= set(record)
+    assert all({"index", "id", "text", "t_ns"} <= set(t) for t in record["tokens"][0])
+
+
+def test_wrong_model_path_exits_2_with_one_line():
+    p = llmtop("run", "--headless", "--model", "/no/such/model")
+    assert p.returncode == 2
+    assert p.stderr.strip() == "llmtop: no such model directory or file: /no/such/model"
+    assert "Traceback" not in p.stderr
+
+
+def test_bad_option_and_conflict_exit_2_before_loading():
+    p = llmtop("run", "--headless", "--opt", "attention=fast")
+    assert p.returncode == 2 and "unknown attention option 'fast'" in p.stderr
+    p = llmtop("run", "--headless", "--opt", "compile=full")
+    assert p.returncode == 2 and "requires kv=static" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_unavailable_option_exits_2_with_reason():
+    p = llmtop("run", "--headless", "--device", "cpu", "--opt", "gemm=tunableop")
+    assert p.returncode == 2
+    assert "gemm=tunableop is unavailable here: TunableOp needs a CUDA or ROCm GPU" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_leaves_no_process():
+    proc = subprocess.Popen([*LLMTOP, "run", "--headless", "--max-new-tokens", "400",
+                             "--ignore-eos"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    me = psutil.Process(proc.pid)
+    first = proc.stdout.read(len("The largest continent is ") + 5)  # text has begun
+    assert first.startswith("The largest continent is")
+    children = me.children(recursive=True)
+    assert children, "the engine runs in its own process"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1              # a run cut short still prints its figures
+    assert "TPOT" in out and "stopped   early: stop" in out
+    assert "Traceback" not in err
+    time.sleep(0.5)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_info_lists_every_option_with_availability():
+    p = llmtop("info", "--json", "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    from llmtop.engine import catalogue
+
+    for axis, options in catalogue.AXES.items():
+        assert set(data["options"][axis]) == set(options)
+    assert data["options"]["attention"]["cudnn"]["ok"] is False
+    assert data["options"]["attention"]["cudnn"]["reason"]
+    p = llmtop("info", "--device", "cpu")
+    assert "tunableop" in p.stdout and "GPU backend" in p.stdout
+
+
+def test_help_texts_explain_the_options():
+    p = llmtop("run", "--help")
+    for flag in ("--model", "--device", "--opt", "--preset", "--prompt-len", "--batch",
+                 "--max-new-tokens", "--headless", "--json", "synthetic:llama-2-7b"):
+        assert flag in p.stdout

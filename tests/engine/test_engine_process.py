@@ -1,0 +1,135 @@
+"""The engine as a real process on the real embedded model."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+
+import pytest
+
+from llmtop.protocol import Configure, Error, Generate, RunDone, Stop, Token
+
+from ..conftest import wait_for
+
+PROMPT = "The largest continent is"
+
+
+def run(engine, request: Generate, timeout: float = 180) -> tuple[list[Token], dict]:
+    engine.send(request)
+    seen: list = []
+    done = wait_for(engine, lambda e: isinstance(e, (RunDone, Error)), timeout, seen)
+    assert isinstance(done, RunDone), done
+    return [e for e in seen if isinstance(e, Token)], done.record
+
+
+def test_greedy_tokens_equal_transformers_generate(engine):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmtop.engine import spec
+
+    tokens, record = run(engine, Generate(run_id=1, prompt=PROMPT, max_new_tokens=24,
+                                          ignore_eos=True))
+    ours = [t["id"] for t in record["tokens"][0]]
+    folder = spec.embedded_cache()
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    enc = tok(PROMPT, return_tensors="pt")
+    ref = model.generate(**enc, max_new_tokens=24, do_sample=False, min_new_tokens=24)
+    assert ours == ref[0, enc["input_ids"].shape[1]:].tolist()
+    # streamed while produced: one Token event per step, stamps strictly increasing
+    assert [t.index for t in tokens] == list(range(24))
+    assert all(a.t_ns < b.t_ns for a, b in zip(tokens, tokens[1:]))
+    text = "".join(t.texts[0] for t in tokens)
+    assert text == tok.decode(ours, skip_special_tokens=True)
+    assert "Antarctica" in text or "Asia" in text  # real English from a real model
+
+
+def test_metrics_identity_holds_on_a_real_run(engine):
+    _, record = run(engine, Generate(run_id=2, prompt=PROMPT, max_new_tokens=12, ignore_eos=True))
+    m = record["metrics"]
+    assert m["n_tokens"] == 12
+    assert math.isclose(m["e2e_ms"], m["ttft_ms"] + m["tpot_ms"] * (m["n_tokens"] - 1),
+                        rel_tol=1e-9)
+    stamps = [t["t_ns"] for t in record["tokens"][0]]
+    assert math.isclose(m["ttft_ms"], (stamps[0] - record["start_ns"]) / 1e6)
+    assert math.isclose(m["tpot_ms"], (stamps[-1] - stamps[0]) / 1e6 / 11)
+    assert record["schema"] == "llmtop.run/1"
+    assert record["model"]["name"] == "SmolLM2-135M-Instruct" and not record["model"]["synthetic"]
+    assert record["config"]["opts"]["attention"] == "sdpa"
+    assert record["versions"]["torch"] and record["machine"]["cpu_count"]
+
+
+def test_batch_rows_match_batch_one_and_sampling_is_seeded(engine):
+    _, single = run(engine, Generate(run_id=3, prompt=PROMPT, max_new_tokens=8, ignore_eos=True))
+    _, batched = run(engine, Generate(run_id=4, prompt=PROMPT, max_new_tokens=8, batch=2,
+                                      ignore_eos=True))
+    ids = lambda rec, r: [t["id"] for t in rec["tokens"][r]]  # noqa: E731
+    assert ids(batched, 0) == ids(batched, 1) == ids(single, 0)
+    assert batched["metrics"]["batch"] == 2
+    a = run(engine, Generate(run_id=5, prompt=PROMPT, max_new_tokens=12, sample=True, seed=1,
+                             temperature=1.5, top_p=1.0))[1]
+    b = run(engine, Generate(run_id=6, prompt=PROMPT, max_new_tokens=12, sample=True, seed=1,
+                             temperature=1.5, top_p=1.0))[1]
+    c = run(engine, Generate(run_id=7, prompt=PROMPT, max_new_tokens=12, sample=True, seed=2,
+                             temperature=1.5, top_p=1.0))[1]
+    assert ids(a, 0) == ids(b, 0)
+    assert ids(a, 0) != ids(c, 0)
+
+
+def test_chat_messages_and_synthetic_prompt_length(engine):
+    tokens, record = run(engine, Generate(run_id=8, messages=[
+        {"role": "user", "content": "Name the largest continent."}], max_new_tokens=10))
+    assert "user" in record["request"]["messages"][0]["role"]
+    assert "".join(t.texts[0] for t in tokens).strip()
+    _, record = run(engine, Generate(run_id=9, prompt_len=100, max_new_tokens=4, ignore_eos=True))
+    assert record["metrics"]["prompt_tokens"] == 100
+
+
+def test_prompt_longer_than_context_is_one_clear_error_and_engine_lives(engine):
+    engine.send(Generate(run_id=10, prompt_len=8190, max_new_tokens=8))
+    ev = wait_for(engine, lambda e: isinstance(e, Error))
+    assert ev.kind == "bad_request" and "exceeds the model's context of 8192" in ev.message
+    assert "\n" not in ev.message
+    _, record = run(engine, Generate(run_id=11, prompt=PROMPT, max_new_tokens=3))
+    assert record["metrics"]["n_tokens"] == 3
+
+
+def test_stop_ends_a_run_early_and_keeps_its_tokens(engine):
+    engine.send(Generate(run_id=12, prompt=PROMPT, max_new_tokens=200, ignore_eos=True))
+    wait_for(engine, lambda e: isinstance(e, Token) and e.index == 2)
+    engine.send(Stop())
+    done = wait_for(engine, lambda e: isinstance(e, RunDone))
+    assert done.record["stopped"] == "stop"
+    assert 3 <= done.record["metrics"]["n_tokens"] < 200
+
+
+def test_unavailable_option_is_refused_with_its_reason(engine):
+    engine.send(Configure(model="embedded", device="cpu", opts={"attention": "cudnn"}))
+    ev = wait_for(engine, lambda e: isinstance(e, Error))
+    assert ev.kind == "config" and "needs a CUDA or ROCm GPU" in ev.message
+    _, record = run(engine, Generate(run_id=13, prompt=PROMPT, max_new_tokens=2))
+    assert record["config"]["opts"]["attention"] == "sdpa"  # the old configuration still runs
+
+
+def test_killed_worker_is_reported_within_a_second(engine_factory):
+    client = engine_factory()
+    client.send(Generate(run_id=1, prompt=PROMPT, max_new_tokens=500, ignore_eos=True))
+    wait_for(client, lambda e: isinstance(e, Token))
+    os.kill(client.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    ev = wait_for(client, lambda e: isinstance(e, Error) and e.kind == "engine_dead", timeout=5)
+    assert time.monotonic() - t0 < 1.0
+    assert "killed by signal 9" in ev.message
+
+
+def test_synthetic_tiny_is_built_and_labelled(engine_factory):
+    client = engine_factory(Configure(model="synthetic:tiny", device="cpu", dtype="bf16"))
+    client.send(Generate(run_id=1, prompt_len=32, max_new_tokens=6, ignore_eos=True))
+    done = wait_for(client, lambda e: isinstance(e, RunDone))
+    assert done.record["model"]["synthetic"] is True
+    assert done.record["model"]["layers"] == 4 and done.record["model"]["heads"] == 8
+    assert done.record["model"]["dtype"] == "bf16"
+    assert done.record["metrics"]["n_tokens"] == 6

@@ -1,0 +1,38 @@
+"""Architecture promises: what the UI side imports, and how the package installs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+UI_SIDE = ["llmtop.cli", "llmtop.protocol", "llmtop.metrics", "llmtop.settings",
+           "llmtop.headless", "llmtop.engine.client", "llmtop.engine.catalogue",
+           "llmtop.engine.spec", "llmtop.profilers", "llmtop.tui"]
+
+
+def test_ui_side_modules_import_no_torch_in_a_fresh_interpreter():
+    code = ("import importlib, sys\n"
+            f"for m in {UI_SIDE!r}: importlib.import_module(m)\n"
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+            "print(','.join(bad))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == ""
+
+
+def test_package_installs_under_the_llmtop_namespace_only(tmp_path):
+    target = tmp_path / "site"
+    p = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                        "-q", "--target", str(target), str(ROOT)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    top = {d.name for d in target.iterdir()}
+    assert "llmtop" in top
+    assert not top & {"engine", "tui", "profilers", "themes"}
+    for sub in ("engine", "profilers", "tui", "themes"):
+        assert (target / "llmtop" / sub / "__init__.py").exists()
+    p = subprocess.run([sys.executable, "-c", "import llmtop.engine.spec, llmtop.cli; import engine"],
+                       capture_output=True, text=True, env={"PYTHONPATH": str(target)}, cwd="/")
+    assert "No module named 'engine'" in p.stderr

@@ -1,0 +1,52 @@
+import math
+
+import pytest
+
+from llmtop import metrics, protocol
+
+
+def test_vllm_definitions_and_the_latency_identity():
+    start = 1_000_000
+    stamps = [start + 50_000_000, start + 60_000_000, start + 75_000_000, start + 80_000_000]
+    m = metrics.run_metrics(start, stamps, batch=2, prompt_tokens=10)
+    assert m.ttft_ms == 50.0
+    assert m.tpot_ms == pytest.approx(10.0)
+    assert m.itl_ms == [10.0, 15.0, 5.0]
+    assert m.e2e_ms == pytest.approx(m.ttft_ms + m.tpot_ms * 3)
+    assert m.tokens_per_s == pytest.approx(2 * 4 / 0.080)
+    assert m.prefill_tokens_per_s == pytest.approx(2 * 10 / 0.050)
+    assert m.itl.p50 == 10.0 and m.itl.mean == 10.0
+
+
+def test_single_token_run_and_empty_run():
+    m = metrics.run_metrics(0, [5_000_000])
+    assert m.tpot_ms == 0.0 and m.e2e_ms == m.ttft_ms == 5.0 and math.isnan(m.itl.p99)
+    with pytest.raises(ValueError):
+        metrics.run_metrics(0, [])
+
+
+def test_percentile_matches_linear_interpolation():
+    values = [1, 2, 3, 4, 10]
+    assert metrics.percentile(values, 50) == 3
+    assert metrics.percentile(values, 90) == pytest.approx(7.6)
+    assert metrics.percentile(values, 0) == 1 and metrics.percentile(values, 100) == 10
+
+
+def test_roofline_floors():
+    m = metrics.run_metrics(0, [100_000_000, 110_000_000], batch=1, prompt_tokens=2048)
+    r = metrics.roofline(m, weight_bytes=13_480_000_000, params=6_740_000_000,
+                         kv_bytes_per_token=0, mem_bw_gb_s=3000, peak_tflops=800)
+    assert r.decode_floor_ms == pytest.approx(4.493, rel=1e-3)
+    assert r.decode_pct == pytest.approx(44.93, rel=1e-3)
+    assert r.prefill_floor_ms == pytest.approx(2 * 6.74e9 * 2048 / 800e12 * 1e3)
+
+
+def test_protocol_round_trip_and_version_check():
+    msg = protocol.Token(run_id=3, index=1, ids=[5, 6], texts=["a", "b"], t_ns=42)
+    wire = protocol.encode(msg)
+    assert wire["type"] == "Token" and wire["v"] == protocol.PROTOCOL_VERSION
+    assert protocol.decode(wire) == msg
+    with pytest.raises(ValueError, match="protocol version"):
+        protocol.decode({**wire, "v": 99})
+    with pytest.raises(ValueError, match="unknown message type"):
+        protocol.decode({**wire, "type": "Nope"})
