@@ -1,0 +1,1 @@
+"""Faithful fakes of vendor libraries (pynvml, amdsmi) for tests on machines without GPUs."""
