@@ -1,0 +1,407 @@
+"""Reports of a bench sweep: terminal table and charts, JSON, CSV, Markdown (+ PNG charts).
+
+Everything is built from the sweep's points.jsonl (llmtop.bench) by `build_results`, so a
+report can be rebuilt at any time (`llmtop bench --out DIR --report-only`), including from an
+interrupted sweep. The study's two charts: prefill latency (TTFT) vs batch and decode latency
+(TPOT) vs batch, one line per configuration. PNG needs matplotlib (`pip install llmtop[plots]`);
+the terminal charts use plotext. Neither is needed for the numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "llmtop.bench/1"
+AXES = ("attention", "kv", "compile", "gemm", "dtype", "backend")
+MARKERS = ["*", "x", "+", "o", "#", "@", "%", "&", "$", "="]
+
+CSV_FIELDS = [
+    "config", "tp", "prompt_len", "new_tokens", "batch", "status", "repeats", "n_tokens",
+    "ttft_ms", "ttft_ms_median", "ttft_ms_min", "ttft_ms_std",
+    "tpot_ms", "tpot_ms_median", "tpot_ms_min", "tpot_ms_std",
+    "e2e_ms", "tokens_per_s", "prefill_tokens_per_s", "decode_tokens_per_s",
+    "ttft_speedup", "tpot_speedup",
+    "prefill_floor_ms", "decode_floor_ms", "prefill_roofline_pct", "decode_roofline_pct",
+    "achieved_gb_s", "mean_power_w", "energy_j_per_token", "guard",
+    *AXES, "model", "device", "error",
+]
+
+
+# ---- results --------------------------------------------------------------------------------
+
+def build_results(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sweep as one document: machine, versions, GPU, model, configurations, points (with
+    every token stamp), speedups over the baseline and % of the roofline."""
+    from llmtop.bench import BASELINE, iter_points
+
+    plans = [r for r in records if r.get("type") == "plan"]
+    metas = [r for r in records if r.get("type") == "meta"]
+    meta = metas[0] if metas else {}
+    plan = plans[-1]["plan"] if plans else {}
+    points = [dict(p) for p in iter_points(records)]
+    order = [c["name"] for c in plan.get("configs", [])]
+    for p in points:
+        if p["config"] not in order:
+            order.append(p["config"])
+    points.sort(key=lambda p: (order.index(p["config"]), p["tp"], p["prompt_len"],
+                               p["new_tokens"], p["batch"]))
+    baseline = BASELINE if BASELINE in order else (order[0] if order else BASELINE)
+    base = {_where(p): p for p in points if p["config"] == baseline and p["status"] == "ok"}
+    for p in points:
+        b = base.get(_where(p))
+        ok = p["status"] == "ok" and b is not None
+        p["ttft_speedup"] = _ratio(b and b.get("ttft_ms"), p.get("ttft_ms")) if ok else None
+        p["tpot_speedup"] = _ratio(b and b.get("tpot_ms"), p.get("tpot_ms")) if ok else None
+        p["repeats"] = len(p.get("runs") or [])
+    configs = []
+    for name in order:
+        first = next((p for p in points if p["config"] == name), None)
+        known = next((c for c in plan.get("configs", []) if c["name"] == name), None)
+        configs.append({"name": name, "opts": (first or {}).get("opts") or (known or {}).get("opts", {})})
+    machine = meta.get("machine", {})
+    notes = []
+    for r in records:
+        if r.get("type") == "note":
+            text = f"{r.get('config')}: {r.get('text')}" if r.get("config") else r.get("text", "")
+            if text not in notes:
+                notes.append(text)
+    if len({json.dumps(m.get("machine", {}).get("gpus")) for m in metas}) > 1 or \
+            len({m.get("machine", {}).get("hostname") for m in metas}) > 1:
+        notes.append("warning: this sweep was measured on more than one machine (it was resumed elsewhere)")
+    return {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "plan": plan,
+        "model": meta.get("model"),
+        "machine": machine,
+        "versions": meta.get("versions", {}),
+        "gpus": machine.get("gpus", []),
+        "ceilings": meta.get("ceilings"),
+        "kv_bytes_per_token": meta.get("kv_bytes_per_token"),
+        "device_info": meta.get("device_info"),
+        "telemetry": {**(meta.get("telemetry") or {"available": False, "reason": "not recorded"}),
+                      **_telemetry_totals(points)},
+        "baseline": baseline,
+        "configs": configs,
+        "notes": notes,
+        "points": points,
+    }
+
+
+def _where(p: dict[str, Any]) -> tuple:
+    return (p["tp"], p["prompt_len"], p["new_tokens"], p["batch"])
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _telemetry_totals(points: list[dict[str, Any]]) -> dict[str, Any]:
+    power = [p["mean_power_w"] for p in points if p.get("mean_power_w") is not None]
+    energy = [p["energy_j_per_token"] for p in points if p.get("energy_j_per_token") is not None]
+    if not power:
+        return {}
+    return {"mean_power_w": sum(power) / len(power),
+            "mean_energy_j_per_token": sum(energy) / len(energy) if energy else None}
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Bench results from a bench.json, a points.jsonl, or a sweep folder (ValueError if not)."""
+    from llmtop.bench import BenchError, read_lines
+
+    path = Path(path)
+    if path.is_dir():
+        if (path / "points.jsonl").exists():
+            path = path / "points.jsonl"
+        elif (path / "bench.json").exists():
+            path = path / "bench.json"
+        else:
+            raise ValueError(f"{path} holds no bench results (points.jsonl or bench.json)")
+    if path.suffix == ".jsonl":
+        try:
+            records, _ = read_lines(path)
+        except BenchError as e:
+            raise ValueError(str(e)) from None
+        return build_results(records)
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ValueError(f"{path} is not a bench result ({SCHEMA})")
+    return data
+
+
+# ---- formats --------------------------------------------------------------------------------
+
+def _f(v: Any, spec: str = ".2f", none: str = "-") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return none
+    return format(v, spec)
+
+
+def _varying(points: list[dict[str, Any]]) -> list[str]:
+    return [k for k in ("tp", "prompt_len", "new_tokens") if len({p[k] for p in points}) > 1]
+
+
+def _row(p: dict[str, Any], varying: list[str]) -> list[str]:
+    roof = p.get("roofline") or {}
+    cells = [p["config"]] + [str(p[k]) for k in varying] + [str(p["batch"])]
+    if p["status"] != "ok":
+        status = p["status"].upper()
+        return cells + [status] + ["-"] * 9
+    return cells + [
+        "ok", _f(p.get("ttft_ms")), _f(p.get("tpot_ms")), _f(p.get("tokens_per_s"), ".1f"),
+        _f(p.get("ttft_speedup"), ".2f") + ("x" if p.get("ttft_speedup") is not None else ""),
+        _f(p.get("tpot_speedup"), ".2f") + ("x" if p.get("tpot_speedup") is not None else ""),
+        _f(roof.get("prefill_pct"), ".1f"), _f(roof.get("decode_pct"), ".1f"),
+        _f(p.get("mean_power_w"), ".0f"), _f(p.get("energy_j_per_token"), ".3f"),
+    ]
+
+
+_SHORT = {"tp": "tp", "prompt_len": "prompt", "new_tokens": "new"}
+_HEAD = ["status", "TTFT ms", "TPOT ms", "tok/s", "TTFT x", "TPOT x", "prefill %roof",
+         "decode %roof", "W", "J/token"]
+
+
+def _header(varying: list[str]) -> list[str]:
+    return ["config"] + [_SHORT[k] for k in varying] + ["batch"] + _HEAD
+
+
+def table(results: dict[str, Any]) -> str:
+    """The points as an aligned terminal table (speedups are over the baseline)."""
+    points = results["points"]
+    varying = _varying(points)
+    rows = [_header(varying)] + [_row(p, varying) for p in points]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    head = _title(results)
+    fixed = [f"{_SHORT[k]} {points[0][k]}" for k in ("tp", "prompt_len", "new_tokens")
+             if k not in varying] if points else []
+    errors = [f"  {p['config']} b={p['batch']}: {p['status']}: {p.get('error')}"
+              for p in points if p["status"] != "ok" and p.get("error")]
+    return "\n".join([head, "  ".join(fixed) + f"  (x = speedup over {results['baseline']})", *lines,
+                      *errors, *[f"note: {n}" for n in results.get("notes", [])]])
+
+
+def _title(results: dict[str, Any]) -> str:
+    model = results.get("model") or {}
+    gpus = results.get("gpus") or []
+    where = gpus[0]["name"] + (f" x{len(gpus)}" if len(gpus) > 1 else "") if gpus else \
+        (results.get("ceilings") or {}).get("device_name") or (results.get("machine") or {}).get("cpu", "?")
+    synth = " (synthetic weights)" if model.get("synthetic") else ""
+    return f"llmtop bench: {model.get('name', '?')}{synth} on {where}"
+
+
+def to_csv(results: dict[str, Any], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for p in results["points"]:
+            roof = p.get("roofline") or {}
+            row = {k: p.get(k) for k in CSV_FIELDS}
+            row.update({
+                "prefill_floor_ms": roof.get("prefill_floor_ms"),
+                "decode_floor_ms": roof.get("decode_floor_ms"),
+                "prefill_roofline_pct": roof.get("prefill_pct"),
+                "decode_roofline_pct": roof.get("decode_pct"),
+                "achieved_gb_s": roof.get("achieved_gb_s"),
+            })
+            for axis in AXES:
+                row[axis] = (p.get("opts") or {}).get(axis)
+            w.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v)
+                        for k, v in row.items()})
+
+
+def _groups(results: dict[str, Any]) -> list[tuple[tuple, list[dict[str, Any]]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for p in results["points"]:
+        groups.setdefault((p["tp"], p["prompt_len"], p["new_tokens"]), []).append(p)
+    return sorted(groups.items())
+
+
+def _series(points: list[dict[str, Any]], metric: str) -> dict[str, tuple[list[int], list[float]]]:
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for p in points:
+        if p["status"] == "ok" and p.get(metric) is not None:
+            xs, ys = out.setdefault(p["config"], ([], []))
+            xs.append(p["batch"])
+            ys.append(p[metric])
+    return out
+
+
+CHARTS = (("ttft_ms", "prefill", "Prefill latency (TTFT)"), ("tpot_ms", "decode", "Decode latency (TPOT)"))
+
+
+def _chart_name(kind: str, group: tuple, several: bool) -> str:
+    tp, plen, new = group
+    return f"{kind}_vs_batch" + (f"_tp{tp}_p{plen}_n{new}" if several else "") + ".png"
+
+
+def terminal_charts(results: dict[str, Any], width: int = 78, height: int = 18,
+                    color: bool = False) -> list[str]:
+    """The study's two charts per (tp, prompt, new tokens) group, drawn with plotext; [] when
+    plotext is missing or there is nothing to draw."""
+    try:
+        import plotext as plt
+    except ImportError:
+        return []
+    out = []
+    for group, points in _groups(results):
+        tp, plen, new = group
+        for metric, _, title in CHARTS:
+            series = _series(points, metric)
+            if not series:
+                continue
+            plt.clear_figure()
+            plt.plotsize(width, height)
+            for i, (name, (xs, ys)) in enumerate(series.items()):
+                plt.plot(xs, ys, label=name, marker=MARKERS[i % len(MARKERS)] if not color else "braille")
+            batches = sorted({x for xs, _ in series.values() for x in xs})
+            plt.xticks(batches, [str(b) for b in batches])
+            plt.title(f"{title} vs batch, prompt {plen}, {new} new tokens" + (f", tp {tp}" if tp > 1 else ""))
+            plt.xlabel("batch size")
+            plt.ylabel("ms")
+            text = plt.build()
+            out.append(text if color else plt.uncolorize(text))
+    plt.clear_figure()
+    return out
+
+
+def png_charts(results: dict[str, Any], folder: Path) -> tuple[list[Path], str | None]:
+    """The two charts per group as PNG files; ([], why) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], "PNG charts need matplotlib: pip install 'llmtop[plots]'"
+    groups = _groups(results)
+    paths = []
+    for group, points in groups:
+        tp, plen, new = group
+        for metric, kind, title in CHARTS:
+            series = _series(points, metric)
+            if not series:
+                continue
+            fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+            for i, (name, (xs, ys)) in enumerate(series.items()):
+                ax.plot(xs, ys, marker="os^vD<>phx"[i % 10], label=name)
+            batches = sorted({x for xs, _ in series.values() for x in xs})
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.set_xlabel("batch size")
+            ax.set_ylabel(f"{'TTFT' if metric == 'ttft_ms' else 'TPOT'} (ms)")
+            ax.set_title(f"{title} vs batch\n{_title(results)[len('llmtop bench: '):]}, prompt {plen}, "
+                         f"{new} new tokens" + (f", tp {tp}" if tp > 1 else ""), fontsize=9)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            path = folder / _chart_name(kind, group, len(groups) > 1)
+            fig.savefig(path)
+            plt.close(fig)
+            paths.append(path)
+    return paths, None
+
+
+def markdown(results: dict[str, Any], pngs: list[Path], png_note: str | None) -> str:
+    model = results.get("model") or {}
+    plan = results.get("plan") or {}
+    versions = results.get("versions") or {}
+    machine = results.get("machine") or {}
+    ceil = results.get("ceilings") or {}
+    tele = results.get("telemetry") or {}
+    points = results["points"]
+    lines = [f"# {_title(results)}", ""]
+    gpus = results.get("gpus") or []
+    lines += [
+        f"- date: {results.get('created', '')}",
+        f"- machine: {machine.get('hostname', '?')}, {machine.get('platform', '?')}, "
+        f"{machine.get('cpu_count', '?')} CPUs",
+        "- GPU: " + (", ".join(f"{g['name']} ({g.get('memory_bytes', 0) / 2**30:.0f} GiB)" for g in gpus)
+                     if gpus else "none (CPU run)") + (f"; driver: {machine['driver']}" if machine.get("driver") else ""),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
+        f"- model: {model.get('name', '?')}" + (" (synthetic weights: real shapes and timings, "
+                                                  "meaningless text)" if model.get("synthetic") else "")
+        + (f", {model['params'] / 1e9:.2f} B params, {model['weight_bytes'] / 1e9:.2f} GB of weights, "
+           f"{model.get('dtype')} on {model.get('device')}" if model.get("params") else ""),
+        f"- sweep: prompt {plan.get('prompt_lens')}, batch {sorted({p['batch'] for p in points})}, "
+        f"new tokens {plan.get('new_tokens')}, tp {plan.get('tps')}, {plan.get('warmup')} warm-up + "
+        f"{plan.get('repeat')} measured runs per point, ignore_eos={plan.get('ignore_eos')}",
+    ]
+    if ceil:
+        lines.append(f"- measured ceilings: memory {ceil.get('mem_bw_gb_s', 0):.0f} GB/s, matmul "
+                     f"{ceil.get('peak_tflops', 0):.1f} TFLOP/s ({ceil.get('dtype', '')}); roofline: decode "
+                     f"floor = (weights + KV read) / bandwidth, prefill floor = 2 x params x tokens / FLOP/s")
+    if tele.get("available"):
+        extra = ""
+        if tele.get("mean_power_w") is not None:
+            extra = f": mean {tele['mean_power_w']:.0f} W over the measured runs"
+            if tele.get("mean_energy_j_per_token") is not None:
+                extra += f", {tele['mean_energy_j_per_token']:.3f} J per generated token on average"
+        lines.append(f"- telemetry: {tele.get('backend', 'GPU')} power sampled at 10 Hz{extra}")
+    else:
+        lines.append(f"- telemetry: unavailable ({tele.get('reason', 'no GPU sampler')})")
+    lines += ["", "TTFT = first token stamp - request start (prefill latency); TPOT = (last stamp - "
+              "first stamp) / (n - 1) (decode latency). Each figure is the mean over the measured "
+              "runs; `x` is the speedup over "
+              f"`{results['baseline']}` at the same point (>1 is faster).", ""]
+    lines += ["## Configurations", "", "| name | options |", "|---|---|"]
+    for c in results["configs"]:
+        opts = " ".join(f"{k}={v}" for k, v in (c.get("opts") or {}).items())
+        lines.append(f"| {c['name']} | {opts} |")
+    if results.get("notes"):
+        lines += ["", "Not run or worth knowing:", ""] + [f"- {n}" for n in results["notes"]]
+    varying = _varying(points)
+    header = _header(varying)
+    lines += ["", "## Results", "", "| " + " | ".join(header) + " |",
+              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    for p in points:
+        lines.append("| " + " | ".join(_row(p, varying)) + " |")
+    errors = [p for p in points if p["status"] != "ok" and p.get("error")]
+    if errors:
+        lines += [""] + [f"- {p['config']} batch {p['batch']}: {p['status'].upper()}: {p['error']}"
+                         for p in errors]
+    text_charts = terminal_charts(results)
+    groups = _groups(results)
+    several = len(groups) > 1
+    for metric, kind, title in CHARTS:
+        lines += ["", f"## {title} vs batch", ""]
+        for group, _ in groups:
+            name = _chart_name(kind, group, several)
+            if any(p.name == name for p in pngs):
+                lines += [f"![{title} vs batch]({name})", ""]
+        if png_note:
+            lines += [f"({png_note})", ""]
+        mine = [c for c in text_charts if title in c]
+        for chart in mine:
+            lines += ["```text", chart.rstrip(), "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_all(results: dict[str, Any], folder: str | Path) -> list[Path]:
+    """bench.json, bench.csv, the PNG charts (with matplotlib) and report.md in `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    jpath = folder / "bench.json"
+    jpath.write_text(json.dumps(results, indent=1, allow_nan=False))
+    paths.append(jpath)
+    cpath = folder / "bench.csv"
+    to_csv(results, cpath)
+    paths.append(cpath)
+    pngs, note = png_charts(results, folder)
+    paths += pngs
+    mpath = folder / "report.md"
+    mpath.write_text(markdown(results, pngs, note))
+    paths.append(mpath)
+    return paths
