@@ -257,10 +257,13 @@ class PointStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        needs_newline = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+        if path.exists():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                # a line cut by a killed sweep: drop it, the point it began is measured again
+                with open(path, "r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
         self._f = open(path, "a", encoding="utf-8")
-        if needs_newline:   # a cut line from a killed sweep: start clean after it
-            self._f.write("\n")
 
     def append(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(record, separators=(",", ":"), allow_nan=False,
@@ -831,9 +834,14 @@ def _series_key(point: dict[str, Any]) -> str:
     return f"{point['config']}|tp{point['tp']}|p{point['prompt_len']}|n{point['new_tokens']}"
 
 
+OOM_WORDS = ("out of memory", "outofmemory", "can't allocate memory", "cannot allocate memory",
+             "not enough memory")
+
+
 def _is_oom(outcome: Outcome) -> bool:
-    return outcome.error_kind == "oom" or "OutOfMemory" in outcome.message or \
-        "out of memory" in outcome.message.lower()
+    """Device OOM (the engine's "oom"), or a host allocation failure reported as an error."""
+    text = outcome.message.lower()
+    return outcome.error_kind == "oom" or any(w in text for w in OOM_WORDS)
 
 
 def _runnable(configs: list[dict[str, Any]], options: dict[str, Any], dtype: str
@@ -918,7 +926,9 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
                    help="restart the engine after S seconds without a word from it (default 900)")
 
 
-def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
     from llmtop import bench_report
 
     try:
