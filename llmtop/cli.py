@@ -71,7 +71,39 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="devices, versions, telemetry, and every optimization's availability")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.add_argument("--device", default="auto")
+
+    from llmtop.bench import add_bench_options
+
+    bench = sub.add_parser(
+        "bench", help="sweep configurations x batch sizes x prompt lengths: TTFT/TPOT reports",
+        description="The study's sweep: baseline vs each optimization, over batch sizes and prompt "
+                    "lengths, with warm-up and repeats. Writes DIR/points.jsonl as it goes "
+                    "(--resume continues it), then bench.json, bench.csv, report.md and PNG charts.",
+        epilog=BENCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_options(bench)
+
+    compare = sub.add_parser("compare", help="differences and ratios between two run records or bench results")
+    compare.add_argument("a", metavar="A", help="a run record (--json), bench.json, points.jsonl or bench folder")
+    compare.add_argument("b", metavar="B", help="the same kind of file, to compare with A")
+    compare.add_argument("--json", action="store_true", help="machine-readable output")
+
+    replay = sub.add_parser("replay", help="play a recorded session (JSONL) in the dashboard")
+    replay.add_argument("file", metavar="FILE", help="a session file recorded by the dashboard")
+    replay.add_argument("--speed", type=float, default=1.0,
+                        help="playback speed: 1 real time (default), 4 four times faster, 0 at once")
+    replay.add_argument("--headless", action="store_true",
+                        help="no dashboard: print the tokens and each run's metrics as they replay")
+    replay.add_argument("--theme", default=None, help="dashboard theme")
     return p
+
+
+BENCH_EPILOG = """examples:
+  llmtop bench --model synthetic:tiny --device cpu --batch 1,2 --prompt-len 64 --max-new-tokens 16 --out b1
+  llmtop bench --model synthetic:llama-2-7b --device cuda --out h100      the study's sweep
+  llmtop bench --opt attention=flash --opt compile=layers --config 'static:kv=static,compile=full'
+  llmtop bench --out h100 --resume                                      continue an interrupted sweep
+  llmtop bench --out h100 --report-only                                 rebuild the reports
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,6 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from llmtop import info
 
             return info.main(args)
+        if args.command == "bench":
+            from llmtop import bench
+
+            return bench.main(args)
+        if args.command == "compare":
+            from llmtop import compare
+
+            return compare.main(args)
+        if args.command == "replay":
+            from llmtop import replay
+
+            return replay.main(args)
         if args.command == "run" and args.headless:
             from llmtop import headless
 

@@ -228,6 +228,24 @@ def replay_events(path: str | os.PathLike, speed: float = 1.0
     yield 0.0, {"type": "ReplayEnd", "events": n}
 
 
+class ReplaySource:
+    """What the dashboard gets for `llmtop replay FILE`: the file, the speed, the header, and
+    `events()`, the (delay_s, event) pairs of `replay_events` (see there for the last pair)."""
+
+    def __init__(self, path: str | os.PathLike, speed: float = 1.0) -> None:
+        self.path = os.fspath(path)
+        self.speed = speed
+        self.header = read_header(path)   # raises SessionDamage for a file that is no session
+
+    def events(self) -> Iterator[tuple[float, dict[str, Any]]]:
+        return replay_events(self.path, self.speed)
+
+    def messages(self) -> Iterator[tuple[float, Any]]:
+        """Like events(), with protocol events turned back into their dataclasses."""
+        for delay, event in self.events():
+            yield delay, to_message(event)
+
+
 def to_message(event: dict[str, Any]) -> Any:
     """A recorded line as the live object: the protocol dataclass for engine events, the
     dict itself for the session's own types (Config, Telemetry, Note, Replay*)."""
