@@ -75,6 +75,7 @@ class Plan:
     tps: list[int] = field(default_factory=lambda: [1])
     repeat: int = 3
     warmup: int = 1
+    warmup_tokens: int = 16       # new tokens of a warm-up run (all of them for kv=static)
     ignore_eos: bool = True
     seed: int = 0
 
@@ -206,6 +207,10 @@ def plan_from_args(args: argparse.Namespace, saved: Plan | None = None) -> Plan:
         if args.warmup < 0:
             raise BenchError("--warmup must be 0 or more")
         plan.warmup = args.warmup
+    if args.warmup_tokens is not None:
+        if args.warmup_tokens < 1:
+            raise BenchError("--warmup-tokens must be at least 1")
+        plan.warmup_tokens = args.warmup_tokens
     if args.ignore_eos is not None:
         plan.ignore_eos = args.ignore_eos
     if args.seed is not None:
@@ -537,8 +542,8 @@ class Progress:
         self.label = ""
         self.detail = ""
         self._last = 0.0
-        self.tokens_expected = 1   # tokens of the run in progress, for a smooth bar
-        self.run_base = 0.0        # runs done before the one in progress
+        self.tokens_expected = 1   # tokens of the run in progress
+        self.run_base = 0.0        # units (generated steps) done before the run in progress
 
     def eta(self) -> str:
         if self.done <= 0:
@@ -550,8 +555,9 @@ class Progress:
         self.label, self.detail = label, detail
         self.draw(force=True)
 
-    def advance(self, runs: float) -> None:
-        self.done = min(self.total, self.done + runs)
+    def advance(self, units: float) -> None:
+        self.done = min(self.total, self.done + units)
+        self.run_base = self.done
 
     def draw(self, force: bool = False) -> None:
         if not self.tty:
@@ -719,11 +725,21 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
                   for p in plan.prompt_lens for n in plan.new_tokens for b in batches]
         todo = [pt for pt in points if pt.key not in done]
         runs_per_point = plan.warmup + plan.repeat
-        progress = Progress(len(todo) * runs_per_point, len(todo), err)
+        by_name = {c["name"]: c for c in configs}
+
+        def run_tokens(pt: PointSpec, warm: bool) -> int:
+            """New tokens of one run: a warm-up is shorter, except with a static cache, whose
+            length (prompt + new tokens) must match the measured runs' or it recompiles."""
+            static = full_opts(by_name[pt.config]["opts"], plan.dtype).get("kv") == "static"
+            return pt.new_tokens if not warm or static else min(pt.new_tokens, plan.warmup_tokens)
+
+        def cost(pt: PointSpec) -> int:  # progress counts generated steps, a fair proxy of time
+            return plan.warmup * run_tokens(pt, True) + plan.repeat * run_tokens(pt, False)
+
+        progress = Progress(sum(cost(pt) for pt in todo), len(todo), err)
         if done:
             progress.message(f"resuming: {len(points) - len(todo)} of {len(points)} points already "
                              f"measured, {len(todo)} to go")
-        by_name = {c["name"]: c for c in configs}
         oom_at: dict[str, int] = {}
         for r in records:
             if r["type"] == "point" and r.get("status") == "oom":
@@ -739,7 +755,7 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
             if series in oom_at and pt.batch > oom_at[series]:
                 store.append({**base, "status": "skipped", "runs": [],
                               "error": f"batch {oom_at[series]} ran out of memory"})
-                progress.advance(runs_per_point)
+                progress.advance(cost(pt))
                 progress.point_done(pt, f"skipped (batch {oom_at[series]} ran out of memory)")
                 continue
             progress.set(pt.label(), "configuring")
@@ -752,22 +768,23 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
             if outcome.error_kind:
                 status = "oom" if _is_oom(outcome) else "unavailable" if outcome.error_kind == "config" else "error"
                 store.append({**base, "status": status, "runs": [], "error": outcome.message})
-                progress.advance(runs_per_point)
+                progress.advance(cost(pt))
                 progress.point_done(pt, f"{status}: {outcome.message}")
                 continue
             runs: list[dict[str, Any]] = []
             status, error = "ok", ""
-            run_base = progress.done
-            progress.tokens_expected = pt.new_tokens
+            point_base = progress.done
             for i in range(runs_per_point):
                 warm = i < plan.warmup
-                progress.run_base = run_base + i
+                new = run_tokens(pt, warm)
+                progress.tokens_expected = new
                 progress.set(pt.label(), f"warm-up {i + 1}/{plan.warmup}" if warm
                              else f"run {i - plan.warmup + 1}/{plan.repeat}")
-                req = Generate(prompt_len=pt.prompt_len, batch=pt.batch, max_new_tokens=pt.new_tokens,
+                req = Generate(prompt_len=pt.prompt_len, batch=pt.batch, max_new_tokens=new,
                                ignore_eos=plan.ignore_eos, seed=plan.seed)
                 res = session.generate(req)
-                progress.done = run_base + i + 1
+                progress.run_base += new
+                progress.done = progress.run_base
                 if res.error_kind:
                     status = "oom" if _is_oom(res) else "error"
                     error = res.message
@@ -783,7 +800,7 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
                 tele = telemetry.summary(rec["start_ns"], stamps[-1] if stamps else rec["start_ns"],
                                          gpu_indices(device, pt.tp), tokens)
                 runs.append(compact_run(rec, tele, res.events))
-            progress.done = run_base + runs_per_point
+            progress.done = progress.run_base = point_base + cost(pt)
             point = {**base, "status": status, "runs": runs if status == "ok" else [],
                      "error": error, "unix": time.time()}
             if status == "ok":
@@ -823,7 +840,7 @@ def _on_engine(progress: Progress | None, kind: str, ev: Any) -> None:
         return
     if kind == "token":
         expected = max(1, progress.tokens_expected)
-        progress.done = min(progress.total, progress.run_base + min(1.0, (ev.index + 1) / expected))
+        progress.done = min(progress.total, progress.run_base + min(expected, ev.index + 1))
         progress.draw()
     elif kind == "status" and ev.phase in ("loading", "compiling", "warming", "capturing", "tuning"):
         progress.detail = f"{ev.phase}: {ev.detail}"[:60]
@@ -910,6 +927,8 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--tp", default=None, metavar="1,2", help="tensor-parallel sizes (default 1)")
     s.add_argument("--repeat", type=int, default=None, metavar="N", help="measured runs per point (default 3)")
     s.add_argument("--warmup", type=int, default=None, metavar="N", help="warm-up runs per point (default 1)")
+    s.add_argument("--warmup-tokens", type=int, default=None, metavar="N",
+                   help="new tokens of each warm-up run (default 16; the full count with kv=static)")
     s.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=None,
                    help="always generate every new token (default: on)")
     s.add_argument("--seed", type=int, default=None)
