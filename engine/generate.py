@@ -52,6 +52,8 @@ def prepare(req: Generate, tokenizer: Any, vocab: int, max_context: int, device:
         ids, mask = enc["input_ids"], enc["attention_mask"]
     if ids.shape[1] == 0:
         raise ValueError("the prompt is empty")
+    if int(ids.max()) >= vocab:  # a synthetic model borrowing a larger tokenizer
+        ids = ids % vocab
     need = ids.shape[1] + req.max_new_tokens
     if need > max_context:
         raise PromptTooLong(f"prompt of {ids.shape[1]} tokens + {req.max_new_tokens} new tokens "
@@ -140,19 +142,25 @@ class Stream:
 
 
 def run(model: Any, inputs: Inputs, max_new_tokens: int, sampling: Sampling, cache: Any,
-        eos_ids: set[int], ignore_eos: bool, should_stop: Callable[[], bool]) -> Iterator[Step]:
+        eos_ids: set[int], ignore_eos: bool, should_stop: Callable[[], bool],
+        static_len: int = 0) -> Iterator[Step]:
     """Yields one Step per generated position, stamped when its ids reached the host.
 
-    The caller handles each Step while the device already computes the next one.
+    The caller handles each Step while the device already computes the next one. With a
+    static cache the mask keeps its full length (the cache's causal offset hides the future),
+    so every decode step has the same shapes and a compiled graph is reused, not recompiled.
+    `static_len` is the static cache's length (0: a dynamic cache).
     """
     batch, plen = inputs.input_ids.shape
     device = inputs.input_ids.device
-    mask = torch.ones(batch, plen + max_new_tokens, dtype=inputs.attention_mask.dtype,
-                      device=device)
+    static = static_len > 0
+    length = static_len if static else plen + max_new_tokens
+    mask = torch.ones(batch, length, dtype=inputs.attention_mask.dtype, device=device)
     mask[:, :plen] = inputs.attention_mask
     positions = (inputs.attention_mask.long().cumsum(-1) - 1).clamp_min(0)
     with torch.inference_mode():
-        logits = prefill(model, inputs.input_ids, mask[:, :plen], positions, cache)
+        logits = prefill(model, inputs.input_ids, mask if static else mask[:, :plen], positions,
+                         cache)
         next_ids = select(logits, sampling)
         ids = next_ids.view(-1).tolist()
         t_ns = time.perf_counter_ns()
@@ -164,7 +172,8 @@ def run(model: Any, inputs: Inputs, max_new_tokens: int, sampling: Sampling, cac
             done = i == max_new_tokens or (not ignore_eos and all(finished)) or should_stop()
             if not done:
                 pos = pos + 1
-                logits = decode_one_token(model, next_ids, mask[:, :plen + i], pos, cache)
+                logits = decode_one_token(model, next_ids, mask if static else mask[:, :plen + i],
+                                          pos, cache)
             yield Step(i - 1, ids, t_ns, live)
             if done:
                 return

@@ -13,13 +13,15 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from llmtop import metrics as run_metrics
-from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, Error, Generate, ModelInfo, RunDone,
+from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, Error, Generate, GuardResult,
+                             ModelInfo, RunDone,
                              RunStarted, Status, Token)
 
-from . import catalogue, ceilings, generate, models, record
+from . import catalogue, ceilings, generate, guard, models, record, watch
 from . import spec as specs
 
 Emit = Callable[[Any], None]
+STATIC_BUCKET = 256
 
 
 class Engine:
@@ -29,11 +31,20 @@ class Engine:
         self.loaded: models.Loaded | None = None
         self.config: Configure | None = None
         self.ceilings: dict[str, Any] = {}
+        self.baseline: guard.Trace | None = None
+        self.guard: GuardResult | None = None
+        watch.install(emit)
 
     # ---- configuration ------------------------------------------------------------------
 
     def configure(self, cfg: Configure) -> None:
-        """Load the model, or apply a new configuration in place where the library allows."""
+        """Load the model, or apply a new configuration in place where the library allows.
+
+        In place: attention implementation, SDPA backend, cache type, TunableOp (~ms).
+        Reload: model, device, dtype, and any change of compile mode (a compiled forward
+        cannot be cleanly un-compiled). Then the correctness guard runs, which for a compiled
+        configuration is also its warm-up, reported as the compiling phase with elapsed time.
+        """
         t0 = time.perf_counter()
         if cfg.device == "auto":
             cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -42,31 +53,57 @@ class Engine:
         catalogue.check(opts, cfg.device)
         cfg = Configure(cfg.model, cfg.device, cfg.dtype, opts, cfg.tp)
         old = self.config
-        attn_impl = catalogue.ATTENTION_IMPL[opts["attention"]][0]
         reload = (old is None or self.loaded is None or
                   (old.model, old.device, old.dtype) != (cfg.model, cfg.device, cfg.dtype) or
                   old.opts.get("compile") != opts["compile"])
         if reload:
             self._unload()
             with self._heartbeat("loading", f"loading {spec.name} on {cfg.device}"):
-                self.loaded = models.load(spec, cfg.device, cfg.dtype, attn_impl, self._progress)
-            how = "loaded"
-        else:
-            self.loaded.model.set_attn_implementation(attn_impl)
-            how = "in place"
-        self.config = cfg
-        if opts["compile"] != "off" and how == "loaded":
-            self._compile(opts["compile"])
-        info = self.loaded.info()
-        self.emit(ModelInfo(**info))
-        if reload:
+                self.loaded = models.load(spec, cfg.device, cfg.dtype, "eager", self._progress)
+            self.baseline = self._trace("eager", False)
             self.emit(Status("warming", "measuring the device's bandwidth and FLOP/s ceilings"))
             self.ceilings = ceilings.get(cfg.device, models.DTYPES[cfg.dtype])
+        model = self.loaded.model
+        model.set_attn_implementation(catalogue.ATTENTION_IMPL[opts["attention"]][0])
+        if cfg.device.startswith("cuda"):
+            torch.cuda.tunable.enable(opts["gemm"] == "tunableop")
+        if reload and opts["compile"] != "off":
+            self._compile(opts["compile"])
+        self.config = cfg
+        self.emit(ModelInfo(**self.loaded.info()))
         self.emit(DeviceInfo(cfg.device, self.ceilings["device_name"], self.ceilings["mem_bw_gb_s"],
                              self.ceilings["peak_tflops"],
                              catalogue.as_dict(catalogue.availability(cfg.device))))
-        self.emit(ConfigApplied(asdict(cfg), how, time.perf_counter() - t0))
+        self.emit(ConfigApplied(asdict(cfg), "loaded" if reload else "in place",
+                                time.perf_counter() - t0))
+        phase = "compiling" if opts["compile"] != "off" else "warming"
+        if opts["gemm"] == "tunableop" and phase == "warming":
+            phase = "tuning"
+        try:
+            with self._heartbeat(phase, "correctness guard on the check prompt"):
+                current = self._trace(opts["attention"], opts["kv"] == "static")
+        except RuntimeError as e:
+            # e.g. a pinned SDPA kernel that refuses this model's shapes (GQA, head size)
+            self.config = old if not reload else None
+            if self.config is not None:
+                model.set_attn_implementation(
+                    catalogue.ATTENTION_IMPL[old.opts["attention"]][0])
+            what = " ".join(f"{k}={v}" for k, v in cfg.opts.items()
+                            if v != catalogue.DEFAULTS.get(k))
+            raise catalogue.OptionError(f"{what or 'this configuration'} failed on "
+                                        f"{spec.name}: {_one_line(e)}") from None
+        self.guard = guard.compare(self.baseline, current)
+        self.emit(self.guard)
         self.emit(Status("ready", f"{spec.name} on {cfg.device}"))
+
+    def _trace(self, attention: str, static: bool) -> guard.Trace:
+        model = self.loaded.model
+        model.set_attn_implementation(catalogue.ATTENTION_IMPL[attention][0])
+        length = STATIC_BUCKET if static else 0  # the shapes a short run's graphs will have
+        cache = (StaticCache(config=model.config, max_cache_len=length) if static
+                 else DynamicCache(config=model.config))
+        with _sdpa_backend(attention):
+            return guard.trace(model, self.loaded.tokenizer, self.loaded.device, cache, length)
 
     def _compile(self, mode: str) -> None:
         model = self.loaded.model
@@ -128,16 +165,19 @@ class Engine:
         if req.sample:
             gen = torch.Generator(device=cfg.device).manual_seed(req.seed)
         sampling = generate.Sampling(req.sample, req.temperature, req.top_p, req.top_k, gen)
-        cache = self._cache(req.batch, inputs.prompt_tokens + req.max_new_tokens)
+        static_len = self._static_len(inputs.prompt_tokens + req.max_new_tokens)
+        cache = (StaticCache(config=mcfg, max_cache_len=static_len) if static_len
+                 else DynamicCache(config=mcfg))
         stream = generate.Stream(tok, req.batch)
         eos = _eos_ids(model, tok)
         tokens: list[list[dict[str, Any]]] = [[] for _ in range(req.batch)]
         stamps: list[int] = []
         stopped = ""
         try:
-            with self._sdpa_backend():
+            with _sdpa_backend(cfg.opts["attention"]):
                 for step in generate.run(model, inputs, req.max_new_tokens, sampling, cache, eos,
-                                         req.ignore_eos, self.stop.is_set):
+                                         req.ignore_eos, self.stop.is_set,
+                                         static_len):
                     texts = stream.push(step.ids)
                     stamps.append(step.t_ns)
                     for r, (tid, text, live) in enumerate(zip(step.ids, texts, step.live)):
@@ -162,7 +202,7 @@ class Engine:
         if stamps:
             m = run_metrics.run_metrics(start_ns, stamps, req.batch, inputs.prompt_tokens)
             rec = record.build(loaded.info(), asdict(cfg), asdict(req), tokens, m.to_dict(),
-                               {"status": "not_checked"}, stopped)
+                               asdict(self.guard) if self.guard else {}, stopped)
             rec["start_ns"] = start_ns
             rec["kv_bytes_per_token"] = models.kv_bytes_per_token(model)
             rec["ceilings"] = self.ceilings
@@ -173,19 +213,25 @@ class Engine:
             self.emit(RunDone(req.run_id, rec))
         self.emit(Status("ready", "error" if stopped in ("oom", "error") else ""))
 
-    def _cache(self, batch: int, length: int) -> Any:
-        model = self.loaded.model
-        if self.config.opts["kv"] == "static":
-            return StaticCache(config=model.config, max_cache_len=length)
-        return DynamicCache(config=model.config)
+    def _static_len(self, length: int) -> int:
+        """The static cache's length for a run (0 for a dynamic cache).
 
-    def _sdpa_backend(self) -> contextlib.AbstractContextManager:
-        backend = catalogue.ATTENTION_IMPL[self.config.opts["attention"]][1]
-        if backend is None:
-            return contextlib.nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+        Rounded up to a bucket, so a short warm-up compiles the graphs a longer run reuses.
+        """
+        if self.config.opts["kv"] != "static":
+            return 0
+        bucket = -(-length // STATIC_BUCKET) * STATIC_BUCKET
+        return min(bucket, self.loaded.model.config.max_position_embeddings)
 
-        return sdpa_kernel([getattr(SDPBackend, backend)])
+
+def _sdpa_backend(attention: str) -> contextlib.AbstractContextManager:
+    """The SDPA kernel an attention option pins (flash, mem_efficient, cudnn), else no pin."""
+    backend = catalogue.ATTENTION_IMPL[attention][1]
+    if backend is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, backend)])
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

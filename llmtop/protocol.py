@@ -145,6 +145,17 @@ class EngineEvent:
 
 
 @dataclass
+class GuardResult:
+    """The correctness guard: greedy ids of a check prompt against the baseline configuration."""
+
+    status: str                    # identical | diverged
+    diverged_at: int | None        # first differing token index
+    max_logit_diff: float | None   # at that token (or over all tokens when identical)
+    tokens: int
+    baseline: str
+
+
+@dataclass
 class Error:
     kind: str
     message: str
@@ -152,7 +163,7 @@ class Error:
 
 
 COMMANDS = (Configure, Generate, Stop, Shutdown)
-EVENTS = (Status, ModelInfo, DeviceInfo, ConfigApplied, RunStarted, Token, RunDone, EngineEvent, Error)
+EVENTS = (Status, ModelInfo, DeviceInfo, ConfigApplied, RunStarted, Token, RunDone, EngineEvent, GuardResult, Error)
 _TYPES = {cls.__name__: cls for cls in COMMANDS + EVENTS}
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from llmtop.engine.client import EngineClient
-from llmtop.protocol import ConfigApplied, Configure, Error
+from llmtop.protocol import Configure, Error, GuardResult
 
 from ..conftest import wait_for
 
@@ -14,8 +14,8 @@ def engine():
     client = EngineClient()
     client.start()
     client.send(Configure(model="embedded", device="cpu", dtype="bf16"))
-    ev = wait_for(client, lambda e: isinstance(e, (ConfigApplied, Error)), timeout=300)
-    assert isinstance(ev, ConfigApplied), ev
+    ev = wait_for(client, lambda e: isinstance(e, (GuardResult, Error)), timeout=300)
+    assert isinstance(ev, GuardResult), ev
     yield client
     client.close()
 
@@ -30,8 +30,8 @@ def engine_factory():
         client.start()
         clients.append(client)
         client.send(configure or Configure(model="embedded", device="cpu", dtype="bf16"))
-        ev = wait_for(client, lambda e: isinstance(e, (ConfigApplied, Error)), timeout=300)
-        assert isinstance(ev, ConfigApplied), ev
+        ev = wait_for(client, lambda e: isinstance(e, (GuardResult, Error)), timeout=300)
+        assert isinstance(ev, GuardResult), ev  # the configuration is complete
         return client
 
     yield make

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# GPU runs on the device machine (H100/H200 image: torch 2.11, transformers 5.17, no textual).
+# Usage, from the repo root there:  benchmarks/gpu_session.sh PART   (results in $OUT)
+# Needs, carried: .whl (transformers 5.24 as CI uses, textual, plotext, gguf, ...) and
+# .devcache (the embedded tokenizer only, which synthetic models borrow for their text).
+set -uo pipefail
+OUT=${OUT:-/tmp/llmtop-out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . || exit 1
+export PYTHONPATH=/tmp/site LLMTOP_CACHE=$PWD/.devcache PYTHONUNBUFFERED=1
+# run outside the checkout: its llmtop/ folder would shadow the installed package
+REPO=$PWD; rm -rf /tmp/work; mkdir -p /tmp/work; cp -r tests benchmarks /tmp/work/; cd /tmp/work
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+run7b() { python3 -m llmtop run --headless --model synthetic:llama-2-7b --device cuda --max-new-tokens 128 --ignore-eos "$@"; }
+case "${1:-}" in
+  foundation)
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu 2>&1 | tee "$OUT/gpu_tests.log" | tail -5
+    for b in 1 8; do
+      run7b --batch $b --prompt-len 128 --json "$OUT/run_7b_sdpa_bs$b.json" | tail -11
+      run7b --batch $b --prompt-len 128 --preset baseline --json "$OUT/run_7b_baseline_bs$b.json" | tail -11
+    done
+    python3 benchmarks/nvml_probe.py --json "$OUT/nvml_probe.json" 2>&1 | grep -E "PASS|FAIL"
+    python3 benchmarks/nvml_field_costs.py
+    ;;
+  opt-a)
+    python3 benchmarks/optimizations.py --configs baseline,sdpa,flash,mem_efficient,cudnn,static,tunableop --out "$OUT" 2>&1 | tail -40 ;;
+  opt-b)
+    python3 benchmarks/optimizations.py --configs baseline,flex,compile_layers,compile_full --out "$OUT" 2>&1 | tail -30 ;;
+  *) echo "parts: foundation opt-a opt-b"; exit 2 ;;
+esac
+cp "$LLMTOP_CACHE/engine.log" "$OUT/engine.log" 2>/dev/null
