@@ -19,6 +19,7 @@ import json
 import math
 import os
 import queue
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -822,6 +823,9 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
                 progress.point_done(pt, f"{status.upper()}: {error}")
     except KeyboardInterrupt:
         interrupted = True
+        # `timeout -s INT` signals the process and then its group: a second SIGINT must not
+        # cut the clean-up short (the engine's shutdown, the reports); main() restores it
+        _ignore_sigint()
     finally:
         if progress is not None:
             progress.close()
@@ -833,6 +837,13 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
                   f"continue with: llmtop bench --out {out} --resume")
         return 130
     return 0
+
+
+def _ignore_sigint() -> None:
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:   # not the main thread
+        pass
 
 
 def _on_engine(progress: Progress | None, kind: str, ev: Any) -> None:
@@ -975,15 +986,21 @@ def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None
     except BenchError as e:
         print(f"llmtop: {e}", file=err)
         return 2
+    handler = signal.getsignal(signal.SIGINT)
     try:
         code = run_sweep(plan, folder, records, err, args.stall_timeout, not args.no_telemetry)
+        records, _ = read_lines(points_path)
+        if any(r["type"] == "point" for r in records):
+            _report(folder, records, out, err, args.no_plots)
+        return code
     except BenchError as e:
         print(f"llmtop: {e}", file=err)
         return 1
-    records, _ = read_lines(points_path)
-    if any(r["type"] == "point" for r in records):
-        _report(folder, records, out, err, args.no_plots)
-    return code
+    finally:
+        try:
+            signal.signal(signal.SIGINT, handler)
+        except (ValueError, TypeError):
+            pass
 
 
 def _report(folder: Path, records: list[dict[str, Any]], out: TextIO, err: TextIO,

@@ -85,3 +85,34 @@ def test_resume_refuses_another_model(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip() == (f"llmtop: the sweep in {out} ran with --model synthetic:tiny; resume it "
                                 f"with the same --model (or use another --out)")
+
+
+def test_ctrl_c_writes_the_reports_of_what_was_measured(tmp_path):
+    # `timeout -s INT` signals the process, then its whole group: the second SIGINT must not
+    # cut the clean-up short
+    out = tmp_path / "int"
+    jsonl = out / "points.jsonl"
+    proc = subprocess.Popen([*LLMTOP, "bench", *ARGS, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if jsonl.exists() and len(point_lines(jsonl)) >= 1:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert f"continue with: llmtop bench --out {out} --resume" in stderr
+    assert "Traceback" not in stderr
+    measured = point_lines(jsonl)
+    data = json.loads((out / "bench.json").read_text())
+    assert [q["key"] for q in data["points"]] == [q["key"] for q in measured]
+    assert (out / "report.md").exists() and "baseline" in stdout
