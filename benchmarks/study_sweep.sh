@@ -30,17 +30,18 @@ cat "$out/gpu.txt"
 resume=()
 [ -s "$out/points.jsonl" ] && resume=(--resume)
 
-# The study's configurations, most telling first (an interrupted sweep keeps the first ones):
-# FlashAttention-2 and memory-efficient attention kernels (through SDPA), the per-layer
-# torch.compile of self-attention, TunableOp GEMMs, and all of the study's stack together.
+# The study's configurations: FlashAttention-2 and memory-efficient attention kernels (through
+# SDPA, switched in place), TunableOp GEMMs, the per-layer torch.compile of self-attention, and
+# the study's whole stack. The order keeps model reloads (compile on/off) to two and puts the
+# slow compiles last, so a sweep cut by the budget still has the attention comparison.
 timeout --signal=INT --kill-after=60 "$budget" "${llmtop[@]}" bench \
   --model synthetic:llama-2-7b --device cuda --dtype bf16 \
   --prompt-len 2048 --max-new-tokens 128 --batch 1,2,4,8 \
   --repeat 2 --warmup 1 --warmup-tokens 16 \
   --config flash:attention=flash \
   --config mem_efficient:attention=mem_efficient \
-  --config compile:compile=layers \
   --config tunableop:gemm=tunableop \
+  --config compile:compile=layers \
   --config study:attention=flash,compile=layers,gemm=tunableop \
   --out "$out" "${resume[@]}" "$@" 2>&1 | tee -a "$out/bench.log"
 rc=${PIPESTATUS[0]}

@@ -698,6 +698,14 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
         if r["type"] == "point" and r.get("config") == BASELINE and r.get("status") == "ok" and r.get("runs"):
             base_ids[_series_key(r) + f"|b{r['batch']}"] = r["runs"][0]["ids"]
 
+    if plan.batches is not None and not plan.default_configs:
+        # the whole plan is known without the engine: a finished sweep needs no engine at all
+        keys = {point_key(c["name"], tp, p, n, b) for tp in plan.tps for c in plan.configs
+                for p in plan.prompt_lens for n in plan.new_tokens for b in plan.batches}
+        if keys <= done:
+            store.close()
+            _msg(err, f"llmtop bench: all {len(keys)} points of this sweep are measured, 0 to go")
+            return 0
     progress: Progress | None = None
     session = EngineSession(str(out / "engine.log"), stall_s,
                             on_progress=lambda kind, ev: _on_engine(progress, kind, ev))

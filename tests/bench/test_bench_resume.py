@@ -72,7 +72,7 @@ def test_killed_sweep_resumes_without_loss_or_repeat(tmp_path):
     # resuming a finished sweep measures nothing
     p = llmtop("bench", "--out", str(out), "--resume", "--no-plots", timeout=300)
     assert p.returncode == 0, p.stderr
-    assert f"{len(KEYS)} of {len(KEYS)} points already measured, 0 to go" in p.stderr
+    assert f"all {len(KEYS)} points of this sweep are measured, 0 to go" in p.stderr
     assert [q["key"] for q in point_lines(jsonl)] == keys
 
 
