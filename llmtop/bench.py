@@ -713,7 +713,6 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
     session.start()
     telemetry.start(session.pid)
     interrupted = False
-    measured = 0
     try:
         # the first configuration tells the resolved device, so the default batches and what
         # the device can run are known before the plan is laid out
@@ -824,7 +823,6 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
             elif status == "oom":
                 oom_at[series] = min(oom_at.get(series, pt.batch), pt.batch)
             store.append(_clean(point))
-            measured += 1
             if status == "ok":
                 progress.point_done(pt, f"TTFT {point['ttft_ms']:.2f} ms  TPOT {point['tpot_ms']:.2f} ms")
             else:
@@ -967,8 +965,6 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    from llmtop import bench_report
-
     try:
         if (args.resume or args.report_only) and not args.out:
             raise BenchError("--resume and --report-only need --out DIR (the sweep's folder)")

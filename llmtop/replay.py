@@ -11,7 +11,7 @@ import argparse
 import inspect
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
 from llmtop.session_log import ReplaySource, SessionDamage
 

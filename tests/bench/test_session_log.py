@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from llmtop import session_log
 from llmtop.protocol import ConfigApplied, Configure, Generate, RunDone, Token
 from llmtop.session_log import SessionWriter, read_session, replay_events, to_message
 
