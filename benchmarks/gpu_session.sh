@@ -28,6 +28,9 @@ case "${1:-}" in
     python3 benchmarks/optimizations.py --configs baseline,sdpa,flash,mem_efficient,cudnn,static,tunableop --out "$OUT" 2>&1 | tail -40 ;;
   opt-b)
     python3 benchmarks/optimizations.py --configs baseline,flex,compile_layers,compile_full --out "$OUT" 2>&1 | tail -30 ;;
-  *) echo "parts: foundation opt-a opt-b"; exit 2 ;;
+  opt-c)
+    python3 benchmarks/optimizations.py --configs baseline,compile_full --out "$OUT" 2>&1 | tail -14
+    grep -cE "Recompiling|cudagraph" "$LLMTOP_CACHE/engine.log" ;;
+  *) echo "parts: foundation opt-a opt-b opt-c"; exit 2 ;;
 esac
 cp "$LLMTOP_CACHE/engine.log" "$OUT/engine.log" 2>/dev/null

@@ -90,12 +90,16 @@ def select(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
 
 def prefill(model: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
             cache: Any) -> torch.Tensor:
+    # each call is a new step for CUDA-graph trees (compile=full): the previous step's outputs
+    # may then be overwritten, which is fine because we have already read them
+    torch.compiler.cudagraph_mark_step_begin()
     return model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                  use_cache=True, logits_to_keep=1).logits
 
 
 def decode_one_token(model: Any, ids: torch.Tensor, mask: torch.Tensor,
                      positions: torch.Tensor, cache: Any) -> torch.Tensor:
+    torch.compiler.cudagraph_mark_step_begin()
     return model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                  use_cache=True).logits
 
@@ -143,13 +147,15 @@ class Stream:
 
 def run(model: Any, inputs: Inputs, max_new_tokens: int, sampling: Sampling, cache: Any,
         eos_ids: set[int], ignore_eos: bool, should_stop: Callable[[], bool],
-        static_len: int = 0) -> Iterator[Step]:
+        static_len: int = 0, decoder: Any = None) -> Iterator[Step]:
     """Yields one Step per generated position, stamped when its ids reached the host.
 
     The caller handles each Step while the device already computes the next one. With a
     static cache the mask keeps its full length (the cache's causal offset hides the future),
     so every decode step has the same shapes and a compiled graph is reused, not recompiled.
-    `static_len` is the static cache's length (0: a dynamic cache).
+    `static_len` is the static cache's length (0: a dynamic cache). `decoder`, if given, runs
+    the decode steps (a compiled forward); the prefill stays eager, as in transformers' own
+    generate(): it fills the lazily created static cache outside the captured graphs.
     """
     batch, plen = inputs.input_ids.shape
     device = inputs.input_ids.device
@@ -172,8 +178,8 @@ def run(model: Any, inputs: Inputs, max_new_tokens: int, sampling: Sampling, cac
             done = i == max_new_tokens or (not ignore_eos and all(finished)) or should_stop()
             if not done:
                 pos = pos + 1
-                logits = decode_one_token(model, next_ids, mask if static else mask[:, :plen + i],
-                                          pos, cache)
+                logits = decode_one_token(decoder or model, next_ids,
+                                          mask if static else mask[:, :plen + i], pos, cache)
             yield Step(i - 1, ids, t_ns, live)
             if done:
                 return

@@ -28,7 +28,8 @@ class Trace:
     logits: list[torch.Tensor]   # per step, last position, float32 on the host
 
 
-def trace(model: Any, tokenizer: Any, device: str, cache: Any, static_len: int) -> Trace:
+def trace(model: Any, tokenizer: Any, device: str, cache: Any, static_len: int,
+          decoder: Any = None) -> Trace:
     """Greedy ids and logits of the check prompt under the model's current configuration."""
     cfg = model.config
     req = Generate(prompt=CHECK_PROMPT if tokenizer is not None else None,
@@ -51,7 +52,7 @@ def trace(model: Any, tokenizer: Any, device: str, cache: Any, static_len: int) 
             if i + 1 < CHECK_TOKENS:
                 pos = torch.full((1, 1), plen + i, device=device)
                 logits = generate.decode_one_token(
-                    model, nxt, mask if static else mask[:, :plen + i + 1], pos, cache)
+                    decoder or model, nxt, mask if static else mask[:, :plen + i + 1], pos, cache)
     return Trace(ids, logits_out)
 
 

@@ -22,6 +22,7 @@ from . import spec as specs
 
 Emit = Callable[[Any], None]
 STATIC_BUCKET = 256
+RECOMPILE_LIMIT = torch._dynamo.config.recompile_limit  # the study's per-layer compile hits it
 
 
 class Engine:
@@ -33,6 +34,7 @@ class Engine:
         self.ceilings: dict[str, Any] = {}
         self.baseline: guard.Trace | None = None
         self.guard: GuardResult | None = None
+        self.decoder: Any = None   # the compiled decode step (compile=full), else None
         watch.install(emit)
 
     # ---- configuration ------------------------------------------------------------------
@@ -103,19 +105,29 @@ class Engine:
         cache = (StaticCache(config=model.config, max_cache_len=length) if static
                  else DynamicCache(config=model.config))
         with _sdpa_backend(attention):
-            return guard.trace(model, self.loaded.tokenizer, self.loaded.device, cache, length)
+            return guard.trace(model, self.loaded.tokenizer, self.loaded.device, cache, length,
+                               self.decoder)
 
     def _compile(self, mode: str) -> None:
         model = self.loaded.model
+        # Dynamo's caches and its recompile limit are per code object and process-wide: code
+        # compiled for an earlier configuration (transformers wraps every forward in one
+        # decorator) would count against this one, and it would silently run eager.
+        torch._dynamo.reset()
+        torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
         if mode == "layers":
             # the study's recipe: each layer's self-attention compiled with dynamic shapes
             for layer in model.model.layers:
                 layer.self_attn.forward = torch.compile(layer.self_attn.forward, dynamic=True)
         else:
-            model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+            # one graph per batch size and static-cache bucket (prefill and decode): more than
+            # the default limit of 8, which would drop later shapes to eager without a word
+            torch._dynamo.config.recompile_limit = 64
+            self.decoder = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
 
     def _unload(self) -> None:
         self.loaded = None
+        self.decoder = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -177,7 +189,7 @@ class Engine:
             with _sdpa_backend(cfg.opts["attention"]):
                 for step in generate.run(model, inputs, req.max_new_tokens, sampling, cache, eos,
                                          req.ignore_eos, self.stop.is_set,
-                                         static_len):
+                                         static_len, self.decoder):
                     texts = stream.push(step.ids)
                     stamps.append(step.t_ns)
                     for r, (tid, text, live) in enumerate(zip(step.ids, texts, step.live)):

@@ -19,6 +19,7 @@ from typing import Any
 from .gpu import BackendUnavailable, GpuSample, GpuStatic
 from .topology import Link, TopologyMatrix
 
+ENERGY_READ_NS = 1_000_000_000
 _LEVEL_LABELS = {0: "INT", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
 
 
@@ -35,6 +36,7 @@ class NvmlBackend:
     name = "NVML"
 
     def __init__(self) -> None:
+        self._energy: dict[int, tuple[int, float]] = {}  # index -> (t_ns, mJ) of the last read
         try:
             import pynvml
         except ImportError:
@@ -145,6 +147,18 @@ class NvmlBackend:
                 return proc.usedGpuMemory
         return None
 
+    def _energy_mj(self, i: int, h: object, t_ns: int, power_mw: float | None) -> float | None:
+        """The energy counter, read at most once a second: on an H100 (driver 580) the call
+        costs 3.4 ms against ~0.002 ms for the others. In between, the last reading plus
+        power x time since it, so a 10 Hz poll stays ~0.1 ms."""
+        last = self._energy.get(i)
+        if last is None or t_ns - last[0] >= ENERGY_READ_NS or power_mw is None:
+            mj = self._read(i, "energy", lambda: self._nv.nvmlDeviceGetTotalEnergyConsumption(h))
+            if mj is not None:
+                self._energy[i] = (t_ns, mj)
+            return mj
+        return last[1] + power_mw * (t_ns - last[0]) / 1e9
+
     def sample(self, pid: int | None = None) -> list[GpuSample]:
         nv = self._nv
         out = []
@@ -154,7 +168,7 @@ class NvmlBackend:
             mem = self._read(i, "memory", lambda: nv.nvmlDeviceGetMemoryInfo(h))
             power_mw = self._read(i, "power", lambda: nv.nvmlDeviceGetPowerUsage(h))
             cap_mw = self._read(i, "power_cap", lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h))
-            energy_mj = self._read(i, "energy", lambda: nv.nvmlDeviceGetTotalEnergyConsumption(h))
+            energy_mj = self._energy_mj(i, h, t_ns, power_mw)
             sample = GpuSample(
                 t_ns=t_ns,
                 index=i,
