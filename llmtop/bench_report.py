@@ -70,6 +70,16 @@ def build_results(records: list[dict[str, Any]]) -> dict[str, Any]:
             text = f"{r.get('config')}: {r.get('text')}" if r.get("config") else r.get("text", "")
             if text not in notes:
                 notes.append(text)
+    for p in points:
+        kinds: dict[str, int] = {}
+        for run in p.get("runs") or []:
+            for ev in run.get("engine_events") or []:
+                kinds[ev.get("kind", "?")] = kinds.get(ev.get("kind", "?"), 0) + 1
+        p["engine_events"] = kinds
+        if kinds:
+            what = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+            notes.append(f"{p['config']} batch {p['batch']} (prompt {p['prompt_len']}): {what} during "
+                         f"the measured runs: their timings include that work")
     if len({json.dumps(m.get("machine", {}).get("gpus")) for m in metas}) > 1 or \
             len({m.get("machine", {}).get("hostname") for m in metas}) > 1:
         notes.append("warning: this sweep was measured on more than one machine (it was resumed elsewhere)")

@@ -240,3 +240,20 @@ def test_power_summary_from_sampler_samples():
     both = power_summary(FakeSampler(), 0, 1_000_000_000, None, tokens=4)
     assert both["mean_power_w"] == 200.0 and both["energy_j_per_token"] == 50.0
     assert power_summary(FakeSampler(), 0, 1, [5], tokens=1)["available"] is False
+
+
+def test_compile_events_during_measured_runs_are_flagged(sweep, tmp_path):
+    from llmtop import bench, bench_report
+
+    out, _ = sweep
+    records, _ = bench.read_lines(out / "points.jsonl")
+    assert all(not r.get("engine_events") for rec in records if rec["type"] == "point" for r in rec["runs"])
+    point = next(r for r in records if r["type"] == "point" and r["config"] == "attention=sdpa")
+    point["runs"][1]["engine_events"] = [{"kind": "recompile", "detail": "seq len", "t_ns": 1}] * 2
+    results = bench_report.build_results(records)
+    note = (f"attention=sdpa batch {point['batch']} (prompt {PROMPT}): 2 recompile during the measured "
+            "runs: their timings include that work")
+    assert note in results["notes"]
+    bench_report.write_all(results, tmp_path)
+    assert f"- {note}" in (tmp_path / "report.md").read_text()
+    assert f"note: {note}" in bench_report.table(results)
