@@ -1,0 +1,273 @@
+"""The dashboard's logic without an engine: session bookkeeping, guard, bottleneck, themes,
+run settings, help and palette completeness, the torch-free import."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from llmtop.engine import catalogue
+from llmtop.protocol import ConfigApplied, Generate, RunDone, RunStarted, Token
+from llmtop.tui import analysis, state, theming
+from llmtop.tui.app import LlmtopApp
+from llmtop.tui.widgets.run_settings import RunSettings
+from llmtop.tui.widgets.token_stream import run_text
+
+from . import fixed_session as fx
+from .helpers import screen_text
+
+
+@pytest.fixture(autouse=True)
+def no_user_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
+def fed_session() -> state.Session:
+    s = state.Session()
+    for ev in fx.engine_events():
+        name = type(ev).__name__
+        if name == "Status":
+            s.on_status(ev)
+        elif name == "ModelInfo":
+            s.on_model(ev)
+        elif name == "DeviceInfo":
+            s.on_device(ev)
+        elif name == "ConfigApplied":
+            s.on_config(ev)
+        elif name == "RunStarted":
+            s.on_run_started(ev)
+        elif name == "Token":
+            s.on_token(ev)
+        elif name == "RunDone":
+            s.on_run_done(ev)
+        elif name == "EngineEvent":
+            s.on_engine_event(ev)
+    return s
+
+
+def test_import_leaves_torch_out():
+    code = ("import sys; import llmtop.tui.app, llmtop.dashboard; "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"the UI imported {done.stdout.strip()} {done.stderr[-500:]}"
+
+
+def test_live_metrics_match_the_engine_formulas():
+    s = fed_session()
+    live = s.current
+    assert live is not None and not live.done and len(live.stamps) == len(fx.LAT_3)
+    mt = live.metrics()
+    assert mt["ttft_ms"] == pytest.approx(fx.LAT_3[0], abs=1e-3)
+    assert mt["tpot_ms"] == pytest.approx(sum(fx.LAT_3[1:]) / (len(fx.LAT_3) - 1), abs=1e-3)
+    assert live.latencies_ms() == pytest.approx(fx.LAT_3, abs=1e-3)
+    roof = s.live_roofline(live)
+    assert 0 < roof["decode_pct"] < 100 and roof["decode_floor_ms"] > 0
+
+
+def test_comparison_rows_speedup_and_guard():
+    s = fed_session()
+    rows = list(s.rows.values())
+    assert [r.label for r in rows] == ["defaults", "attention=eager"]
+    assert s.baseline == rows[0].key
+    assert s.speedup(rows[0]) == pytest.approx(1.0)
+    assert s.speedup(rows[1]) == pytest.approx(rows[0].tpot_ms / rows[1].tpot_ms)
+    assert s.guard(rows[0]) == "baseline"
+    assert s.guard(rows[1]) == "identical (1)"
+    # a run whose greedy tokens differ from the baseline's at token 3
+    r = rows[1].runs[0]
+    r.ids = r.ids[:3] + [999999] + r.ids[4:]
+    assert s.guard(rows[1]) == "diverged at 3"
+    # the engine's own guard, when present, wins
+    r.record["guard"] = {"status": "diverged", "diverged_at": 7, "tokens": 12}
+    assert s.guard(rows[1]).startswith("diverged at 7")
+    s.set_baseline(rows[1].key)
+    assert s.speedup(rows[1]) == pytest.approx(1.0)
+
+
+def test_markers_for_config_changes_and_engine_events():
+    s = fed_session()
+    kinds = [(m.kind, m.label) for m in s.markers]
+    assert ("config", "attention=eager") in kinds
+    assert any(k == "recompile" for k, _ in kinds)
+    config_step = next(m.step for m in s.markers if m.kind == "config")
+    assert config_step == len(fx.LAT_1)       # placed where run 2 begins
+    recompile = next(m for m in s.markers if m.kind == "recompile")
+    assert s.current.first_step <= recompile.step <= s.steps
+
+
+def test_plot_series_and_window():
+    s = fed_session()
+    xs, ys, tx, ty = s.plot_series()
+    assert ty == pytest.approx([fx.LAT_1[0], fx.LAT_2[0], fx.LAT_3[0]], abs=1e-3)
+    assert len(xs) == len(fx.LAT_1) + len(fx.LAT_2) + len(fx.LAT_3) - 3
+    xs, ys, tx, ty = s.plot_series(window=4)
+    assert len(xs) + len(tx) == 4
+
+
+def test_clear_keeps_the_streaming_run():
+    s = fed_session()
+    live = s.current
+    s.clear()
+    assert s.rows == {} and s.markers == [] and s.runs == [live]
+
+
+def test_latency_colouring():
+    assert state.latency_class(40, 40) == "ok"
+    assert state.latency_class(55, 40) == "slow"
+    assert state.latency_class(97, 40) == "spike"
+    s = fed_session()
+    colours = {"ok": "white", "slow": "yellow", "spike": "red", "ttft": "cyan", "muted": "grey50"}
+    run = s.rows[next(iter(s.rows))].runs[0]
+    text = run_text(run, colours)
+    spans = [(text.plain[sp.start:sp.end], str(sp.style)) for sp in text.spans]
+    start = next(i for i, (piece, _) in enumerate(spans) if piece == fx.TEXT_1[0])
+    tokens = spans[start:start + len(fx.TEXT_1)]
+    assert [piece for piece, _ in tokens] == fx.TEXT_1
+    styles = [style for _, style in tokens]
+    assert "cyan" in styles[0]                                  # the first token: TTFT
+    assert "red" in styles[fx.LAT_1.index(97.4)]                # 2.4x the median step
+    assert styles[fx.LAT_1.index(55.3)] == "yellow"             # 1.36x
+    assert styles[1] == "white"
+    assert sum("red" in st for st in styles) == 1 and styles.count("yellow") == 1
+
+
+@pytest.mark.parametrize("device,roof,busy,kind", [
+    ("cuda", {"decode_pct": 85, "prefill_pct": 10, "achieved_gb_s": 2500}, 95, "memory"),
+    ("cuda", {"decode_pct": 20, "prefill_pct": 10, "achieved_gb_s": 600}, 30, "launch"),
+    ("cuda", {"decode_pct": 20, "prefill_pct": 70, "achieved_gb_s": 600}, 90, "compute"),
+    ("cuda", {"decode_pct": 30, "prefill_pct": 10, "achieved_gb_s": 900}, 90, "kernel"),
+    ("cpu", {"decode_pct": 20, "prefill_pct": 3, "achieved_gb_s": 7}, None, "overhead"),
+    ("cpu", None, None, "none"),
+])
+def test_bottleneck(device, roof, busy, kind):
+    got, line = analysis.bottleneck(device, roof, busy)
+    assert got == kind and line
+    if kind == "launch":
+        assert "compile=full" in line
+
+
+def test_formatting_never_invents_zero():
+    assert analysis.num(None) == "n/a" and analysis.num(math.nan) == "n/a"
+    assert analysis.bar(0.5, 8) == "████    "
+    assert analysis.sparkline([0, 50, 100], 3, 100) == "▁▅█"
+
+
+def test_shipped_themes_load_and_user_themes_are_found(tmp_path, monkeypatch):
+    themes = theming.builtin_themes()
+    assert {"llmtop-dark", "llmtop-light", "llmtop-high-contrast", "llmtop-rocm"} <= set(themes)
+    assert themes["llmtop-light"].dark is False
+    folder = tmp_path / "config" / "llmtop" / "themes"
+    folder.mkdir(parents=True)
+    (folder / "mine.toml").write_text('name = "mine"\n[colors]\nprimary = "#123456"\n')
+    (folder / "broken.toml").write_text('name = "broken"\n[colors]\nprimary = "not a colour"\n')
+    mine, problems = theming.user_themes()
+    assert "mine" in mine and len(problems) == 1 and "broken.toml" in problems[0]
+    assert theming.resolve("light", themes) == ("llmtop-light", None)
+    with pytest.raises(theming.ThemeError):
+        theming.resolve("no-such-theme", themes)
+    app = LlmtopApp(start_engine=False, telemetry=False, theme_name="mine")
+    assert app.theme == "mine"
+
+
+def test_run_settings_validate_and_build_requests():
+    s = RunSettings.from_request(Generate(prompt="The largest continent is", max_new_tokens=8),
+                                 "The largest continent is")
+    assert s.prompt is None      # the study's prompt means: loop over the prompt set
+    prompts = [s.request(i, i).prompt for i in range(len(state.PROMPT_SET))]
+    assert prompts == list(state.PROMPT_SET) and prompts[0] == "The largest continent is"
+    s = s.with_field("prompt", "Why is the sky blue?").with_field("batch", "4")
+    req = s.request(7, 3)
+    assert req.prompt == "Why is the sky blue?" and req.batch == 4 and req.run_id == 7
+    assert s.with_field("prompt_len", "128").request(1, 0).prompt is None
+    for name, bad in (("batch", "0"), ("batch", "x"), ("max_new_tokens", "-1"), ("top_p", "1.5")):
+        with pytest.raises(ValueError):
+            s.with_field(name, bad)
+
+
+def run_app(body, **kw):
+    async def main():
+        app = LlmtopApp(start_engine=False, telemetry=False, **kw)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await body(app, pilot)
+    asyncio.run(main())
+
+
+def test_help_lists_every_key_and_palette_has_every_toggle():
+    async def body(app, pilot):
+        fx.feed(app)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        text = screen_text(app)
+        for binding in app.BINDINGS:
+            for key in binding.key.split(","):
+                shown = app.get_key_display(type(binding)(key, ""))
+                assert shown in text, f"help does not list {key}"
+            assert (binding.tooltip or binding.description)[:40] in text
+        await pilot.press("escape")
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for axis, options in catalogue.AXES.items():
+            for name in options:
+                assert f"Optimization: {axis} = {name}" in titles
+        for preset in catalogue.PRESETS:
+            assert f"Preset: {preset}" in titles
+        for needed in ("Pause", "Restart engine", "Save", "Clear", "Sampling on/off", "Theme: llmtop-rocm"):
+            assert needed in titles
+
+    run_app(body)
+
+
+def test_unavailable_option_refused_offline_and_theme_key_cycles():
+    async def body(app, pilot):
+        fx.feed(app)
+        before = dict(app.desired.opts)
+        assert app.select_option("attention", "cudnn") is False
+        assert app.desired.opts == before
+        assert app.select_option("kv", "static") is True
+        assert app.pending_changes() == ["kv=static"]
+        assert app.select_option("compile", "full") is True   # needs kv=static: fine now
+        assert app.conflict() is None
+        app.select_option("kv", "dynamic")
+        assert app.conflict() and "kv=static" in app.conflict()
+        first = app.theme
+        await pilot.press("t")
+        assert app.theme != first
+
+    run_app(body)
+
+
+def test_save_session_writes_every_record(tmp_path):
+    async def body(app, pilot):
+        fx.feed(app)
+        await pilot.press("ctrl+s")
+        for _ in range(50):
+            await pilot.pause(0.05)
+            if list(tmp_path.glob("llmtop-session-*.json")):
+                break
+        files = list(tmp_path.glob("llmtop-session-*.json"))
+        assert len(files) == 1
+        data = json.loads(files[0].read_text())
+        assert data["schema"] == "llmtop.session/1"
+        assert [r["metrics"]["n_tokens"] for r in data["runs"]] == [16, 16]
+        assert [row["configuration"] for row in data["comparison"]] == ["defaults", "attention=eager"]
+
+    run_app(body, session_dir=tmp_path)
+
+
+def test_pause_and_clear_keys():
+    async def body(app, pilot):
+        fx.feed(app)
+        await pilot.press("space")
+        assert app.paused
+        assert "paused" in screen_text(app)
+        await pilot.press("space")
+        assert not app.paused
+        await pilot.press("c")
+        assert app.session.rows == {}
+
+    run_app(body)

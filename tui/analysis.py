@@ -1,0 +1,84 @@
+"""Small judgements and number formats the widgets share (pure Python, tested alone)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+MEMORY_BOUND_PCT = 70.0    # decode at or above this share of its bandwidth floor
+COMPUTE_BOUND_PCT = 50.0   # prefill at or above this share of its FLOP floor
+LAUNCH_BOUND_BUSY = 60.0   # a GPU busier than this is not waiting on the CPU
+
+
+def num(value: Any, digits: int = 1, unit: str = "") -> str:
+    """A figure, or 'n/a' for None/NaN (never a made-up zero)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = f"{value:,.{digits}f}"
+    return f"{text} {unit}" if unit else text
+
+
+def bottleneck(device: str, roof: dict[str, Any] | None, gpu_busy_pct: float | None) -> tuple[str, str]:
+    """What bounds the run: (kind, one line). kind: memory | compute | launch | kernel | overhead | none.
+
+    From the decode and prefill floors (roofline) and, on a GPU, its busy %. Decode reads every
+    weight once a step, so near the bandwidth floor nothing but less data helps; a GPU that is
+    mostly idle between kernels waits on the CPU launching them, which CUDA graphs remove.
+    """
+    if not roof:
+        return "none", "no run measured yet"
+    dec = roof.get("decode_pct")
+    pre = roof.get("prefill_pct")
+    if dec is None or (isinstance(dec, float) and math.isnan(dec)):
+        return "none", "decode not measured yet (one token so far)"
+    gb = roof.get("achieved_gb_s")
+    on_gpu = device.startswith("cuda")
+    if dec >= MEMORY_BOUND_PCT:
+        return "memory", (f"memory-bound: decode at {dec:.0f}% of the bandwidth floor "
+                          f"({num(gb, 0)} GB/s); only fewer bytes (dtype, batch) go faster")
+    if on_gpu and gpu_busy_pct is not None and gpu_busy_pct < LAUNCH_BOUND_BUSY:
+        return "launch", (f"launch-bound: GPU busy {gpu_busy_pct:.0f}%, idle between kernels; "
+                          f"decode at {dec:.0f}% of its floor: try compile=full (kv=static)")
+    if pre is not None and not math.isnan(pre) and pre >= COMPUTE_BOUND_PCT:
+        return "compute", (f"compute-bound prefill: {pre:.0f}% of the FLOP floor; decode at "
+                           f"{dec:.0f}% of the bandwidth floor")
+    if on_gpu:
+        busy = "n/a" if gpu_busy_pct is None else f"{gpu_busy_pct:.0f}%"
+        return "kernel", (f"kernel-bound: GPU busy {busy} yet decode at {dec:.0f}% of the bandwidth "
+                          f"floor: the kernels themselves are slow (attention, GEMM choice)")
+    return "overhead", (f"overhead-bound: decode at {dec:.0f}% of the bandwidth floor; on a CPU "
+                        f"framework overhead per step dominates (try kv=static)")
+
+
+def bar(fraction: float | None, width: int) -> str:
+    """A horizontal bar of block characters, eighths for the partial cell."""
+    if fraction is None or math.isnan(fraction):
+        return "·" * width
+    fraction = min(max(fraction, 0.0), 1.0)
+    eighths = round(fraction * width * 8)
+    full, part = divmod(eighths, 8)
+    out = "█" * full + (" ▏▎▍▌▋▊▉"[part] if part else "")
+    return out + " " * (width - len(out))
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None], width: int, top: float | None = None) -> str:
+    """The last `width` values as one line of block heights, scaled to `top` (or their max)."""
+    vals = [v for v in values[-width:]]
+    real = [v for v in vals if v is not None]
+    if not real:
+        return ""
+    hi = top if top else max(real) or 1.0
+    out = []
+    for v in vals:
+        if v is None:
+            out.append(" ")
+        else:
+            out.append(SPARK[min(len(SPARK) - 1, max(0, int(v / hi * (len(SPARK) - 1) + 0.5)))])
+    return "".join(out)
+
+
+def gib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**30:.1f}"

@@ -1,0 +1,107 @@
+"""GPU panel: per GPU utilization, memory, power, temperature and clocks as bars and sparklines.
+
+Several GPUs stack; with several, the link matrix (topology) follows. Figures a device does
+not report read "n/a"; with no GPU backend the panel says which libraries were tried and why
+they did not load.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from ..analysis import bar, gib, num, sparkline
+from .base import Coalesced, palette, update_static
+
+BAR = 18
+SPARK = 24
+
+
+def _deg(value) -> str:
+    return "n/a" if value is None else f"{value:.0f}°C"
+
+
+def _frac(a, b):
+    return None if a is None or not b else a / b
+
+
+class GpuPanel(Static, Coalesced):
+    skip_hidden = True
+    interval = 0.2
+    DEFAULT_CSS = """
+    GpuPanel { height: auto; padding: 0 1; }
+    """
+
+    def redraw_now(self) -> None:
+        app = self.app
+        tel = app.telemetry
+        v = palette(app)
+        out = Text()
+        if not tel.backend:
+            out.append("looking for a GPU telemetry library (NVML, amdsmi)…", style="dim")
+            update_static(self, out)
+            return
+        if not tel.devices:
+            out.append("no GPU telemetry on this machine\n", style="bold")
+            for reason in tel.reasons:
+                out.append(f"  {reason}\n", style="dim")
+            device = app.session.model.device if app.session.model else app.desired.device
+            out.append(f"the engine runs on {device}; the host panel shows its CPU load", style="dim")
+            update_static(self, out)
+            return
+        for static in tel.devices:
+            hist = list(tel.gpu.get(static.index, ()))
+            s = hist[-1] if hist else None
+            out.append(f"GPU{static.index} {static.name}", style=f"bold {v['primary']}")
+            out.append(f"  {tel.backend}\n", style="dim")
+            if s is None:
+                out.append("  no sample yet\n", style="dim")
+                continue
+            util = [h.util_pct for h in hist]
+            out.append("  util  ")
+            out.append(bar(_frac(s.util_pct, 100), BAR), style=v["success"])
+            out.append(f" {num(s.util_pct, 0):>4}%  ")
+            out.append(sparkline(util, SPARK, 100) + "\n", style=v["success"])
+            mem_total = s.mem_total or static.memory_total
+            out.append("  mem   ")
+            out.append(bar(_frac(s.mem_used, mem_total), BAR), style=v["primary"])
+            out.append(f" {gib(s.mem_used)}/{gib(mem_total)} GiB")
+            if s.process_mem is not None:
+                out.append(f"  engine {gib(s.process_mem)} GiB")
+            out.append("\n")
+            cap = s.power_cap_w or static.power_cap_w
+            power = [h.power_w for h in hist]
+            out.append("  power ")
+            out.append(bar(_frac(s.power_w, cap), BAR), style=v["warning"])
+            out.append(f" {num(s.power_w, 0)}/{num(cap, 0)} W  ")
+            out.append(sparkline(power, SPARK, cap) + "\n", style=v["warning"])
+            out.append(f"  temp {_deg(s.temp_c)}  hotspot {_deg(s.temp_hotspot_c)}  "
+                       f"mem {_deg(s.temp_mem_c)}\n")
+            out.append(f"  clocks sm {num(s.sm_clock_mhz, 0)}/{num(static.sm_clock_max_mhz, 0)} MHz  "
+                       f"mem {num(s.mem_clock_mhz, 0)}/{num(static.mem_clock_max_mhz, 0)} MHz\n")
+            if s.pcie_rx_bps is not None or s.link_rx_bps is not None:
+                out.append(f"  pcie rx/tx {num((s.pcie_rx_bps or 0) / 1e9, 2)}/"
+                           f"{num((s.pcie_tx_bps or 0) / 1e9, 2)} GB/s")
+                if s.link_rx_bps is not None:
+                    out.append(f"  link rx/tx {num(s.link_rx_bps / 1e9, 1)}/"
+                               f"{num((s.link_tx_bps or 0) / 1e9, 1)} GB/s")
+                out.append("\n")
+        topo = tel.topology
+        if topo is not None and len(getattr(topo, "indices", [])) > 1:
+            out.append("\ntopology (" + topo.source + ")\n", style=f"bold {v['primary']}")
+            out.append("      " + "".join(f"GPU{i:<4}" for i in topo.indices) + "\n")
+            for i, row in zip(topo.indices, topo.links):
+                out.append(f"GPU{i:<3}" + "".join(f"{link.label:<7}" for link in row) + "\n")
+            try:
+                from llmtop.profilers.topology import recommend_tp_set
+
+                k = 2
+                while k <= len(topo.indices):
+                    out.append(f"  tp {k}: GPUs {recommend_tp_set(topo, k)}\n", style="dim")
+                    k *= 2
+            except Exception as e:  # the recommender must never take the panel down
+                out.append(f"  (no TP recommendation: {e})\n", style="dim")
+        if tel.cost is not None and tel.cost.polls:
+            out.append(f"telemetry poll {tel.cost.mean_ms:.2f} ms mean, {tel.cost.max_ms:.2f} ms max",
+                       style="dim")
+        update_static(self, out)
