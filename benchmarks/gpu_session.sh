@@ -31,6 +31,10 @@ case "${1:-}" in
   opt-c)
     python3 benchmarks/optimizations.py --configs baseline,compile_full --out "$OUT" 2>&1 | tail -14
     grep -cE "Recompiling|cudagraph" "$LLMTOP_CACHE/engine.log" ;;
-  *) echo "parts: foundation opt-a opt-b opt-c"; exit 2 ;;
+  study)
+    STUDY_BUDGET_S=${STUDY_BUDGET_S:-300} LLMTOP="python3 -m llmtop" benchmarks/study_sweep.sh /tmp/study \
+      --config max:attention=sdpa,kv=static,compile=full 2>&1 | tail -25
+    tar czf "$OUT/study.tgz" -C /tmp study ;;
+  *) echo "parts: foundation opt-a opt-b opt-c study"; exit 2 ;;
 esac
 cp "$LLMTOP_CACHE/engine.log" "$OUT/engine.log" 2>/dev/null

@@ -118,7 +118,7 @@ def availability(device: str) -> dict[str, dict[str, Availability]]:
         table["gemm"]["tunableop"] = Availability(True, "tunes over rocBLAS and hipBLASLt solutions")
     else:
         table["gemm"]["tunableop"] = Availability(
-            True, "on CUDA only the default cuBLAS solution exists: expect no change")
+            True, "on CUDA only cuBLAS's default solution exists: no gain (TPOT 0.44-0.8x on an H200)")
     table["dtype"]["bf16"] = Availability(True)
     table["dtype"]["fp16"] = Availability(True, "" if cuda else "fp16 matmuls are slow on most CPUs")
     table["dtype"]["fp32"] = Availability(True)
