@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--headless", action="store_true",
                         help="no dashboard: print the tokens and each run's metrics as they replay")
     replay.add_argument("--theme", default=None, help="dashboard theme")
+
+    top = sub.add_parser("top", help="GPU telemetry as text lines for scripts (like nvidia-smi dmon)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    top.add_argument("--count", type=int, default=None, help="stop after N samples")
     return p
 
 
@@ -121,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from llmtop import compare
 
             return compare.main(args)
+        if args.command == "top":
+            from llmtop.profilers import report
+
+            return report.run_top(args.interval, args.count)
         if args.command == "replay":
             from llmtop import replay
 

@@ -96,3 +96,9 @@ def test_help_texts_explain_the_options():
     for flag in ("--model", "--device", "--opt", "--preset", "--prompt-len", "--batch",
                  "--max-new-tokens", "--headless", "--json", "synthetic:llama-2-7b"):
         assert flag in p.stdout
+
+
+def test_top_says_why_without_a_gpu():
+    p = llmtop("top", "--count", "1")
+    assert p.returncode == 1
+    assert p.stdout.startswith("# no GPU backend: NVML")
