@@ -110,6 +110,7 @@ class LlmtopApp(App):
         self.prompt_index = 0
         self._engine_lock = threading.Lock()
         self._closing = False
+        self._owns_client = client is None
         self._sampler = None
         self._backend = None
         self._trace = os.environ.get("LLMTOP_TRACE") or None
@@ -216,6 +217,7 @@ class LlmtopApp(App):
     # ---- engine lifecycle -------------------------------------------------------------------
 
     def _launch_engine(self) -> None:
+        self._owns_client = True     # an engine we start is ours to close, adopted one or not
         self.generation += 1
         self.session.config = None   # a new engine holds no configuration until it is sent one
         self.engine_up = False
@@ -285,7 +287,7 @@ class LlmtopApp(App):
                 self._backend.close()
             except Exception:
                 pass
-        if getattr(self, "_owns_client", True):
+        if self._owns_client:
             with self._engine_lock:
                 if self.client is not None:
                     self.client.close()
