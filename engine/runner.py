@@ -18,6 +18,7 @@ from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, Error, Genera
                              RunStarted, Status, Token)
 
 from . import catalogue, ceilings, generate, guard, models, record, watch
+from .step_profile import StepProfiler
 from . import spec as specs
 
 Emit = Callable[[Any], None]
@@ -185,6 +186,10 @@ class Engine:
         tokens: list[list[dict[str, Any]]] = [[] for _ in range(req.batch)]
         stamps: list[int] = []
         stopped = ""
+        profiler = None
+        if req.profile_steps > 0:
+            profiler = StepProfiler(req.run_id, req.profile_steps, cfg.device)
+            profiler.start()
         try:
             with _sdpa_backend(cfg.opts["attention"]):
                 for step in generate.run(model, inputs, req.max_new_tokens, sampling, cache, eos,
@@ -197,6 +202,9 @@ class Engine:
                             tokens[r].append({"index": step.index, "id": tid, "text": text,
                                               "t_ns": step.t_ns})
                     self.emit(Token(req.run_id, step.index, step.ids, texts, step.t_ns))
+                    if profiler is not None and profiler.tick():
+                        self.emit(profiler.finish())
+                        profiler = None
             if self.stop.is_set():
                 stopped = "stop"
         except torch.OutOfMemoryError:
@@ -207,6 +215,8 @@ class Engine:
             stopped = "error"
             self.emit(Error("runtime", _one_line(e)))
         finally:
+            if profiler is not None:  # the run ended before the profiled steps did
+                self.emit(profiler.finish())
             del cache
             if stopped == "oom":
                 gc.collect()

@@ -49,6 +49,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--top-p", type=float, default=0.9)
     r.add_argument("--top-k", type=int, default=0)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--profile-steps", type=int, default=0, metavar="N",
+                   help="profile the prefill and N decode steps (torch.profiler): top kernels, "
+                        "device busy vs idle per step, and a Perfetto trace file")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import json
 import queue
 import sys
@@ -10,7 +11,7 @@ import time
 from typing import Any, TextIO
 
 from llmtop.engine.client import EngineClient
-from llmtop.protocol import ConfigApplied, Error, RunDone, Status, Stop, Token
+from llmtop.protocol import ConfigApplied, Error, RunDone, Status, StepProfile, Stop, Token
 from llmtop.settings import UsageError, configure_from_args, generate_from_args
 
 
@@ -41,6 +42,19 @@ def metrics_table(record: dict[str, Any]) -> str:
         rows.append(f"stopped   early: {record['stopped']}")
     width = max(len(r) for r in rows)
     return "\n".join(["-" * width, *rows, "-" * width])
+
+
+def profile_table(p: StepProfile) -> str:
+    """A step profile as text: where each step's time goes, and the kernels that take it."""
+    unit = "GPU" if p.device == "gpu" else "CPU (in ATen ops)"
+    busy_pct = 100 * p.busy_ms / p.step_ms if p.step_ms else 0.0
+    rows = [f"step profile ({p.steps} steps incl. prefill): {p.step_ms:.2f} ms/step, {unit} busy "
+            f"{p.busy_ms:.2f} ms ({busy_pct:.0f}%), idle {p.idle_ms:.2f} ms",
+            f"{'kernel':<60} {'calls':>6} {'ms':>9} {'%':>6}"]
+    for k in p.top_kernels[:10]:
+        rows.append(f"{k['name'][:60]:<60} {k['calls']:>6} {k['device_ms']:>9.2f} {k['pct']:>5.1f}%")
+    rows.append(f"trace: {p.trace_path} (open in https://ui.perfetto.dev)")
+    return "\n".join(rows)
 
 
 def _fail(message: str, code: int) -> int:
@@ -96,6 +110,8 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.s
         if isinstance(record, Error):
             return _fail(record.message, 2 if record.kind == "bad_request" else 1)
         out.write("\n" + metrics_table(record) + "\n")
+        if record.get("step_profile"):
+            out.write(profile_table(StepProfile(**record["step_profile"])) + "\n")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(record, f, indent=1)
@@ -115,6 +131,7 @@ def _stream(client: EngineClient, out: TextIO, timeout: float | None = None) -> 
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     error = None
+    profiles: list[StepProfile] = []
     while True:
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
@@ -124,9 +141,13 @@ def _stream(client: EngineClient, out: TextIO, timeout: float | None = None) -> 
         if isinstance(ev, Token):
             out.write(ev.texts[0])
             out.flush()
+        elif isinstance(ev, StepProfile):
+            profiles.append(ev)
         elif isinstance(ev, RunDone):
             if error is not None:
                 print(f"\nllmtop: {error.message}", file=sys.stderr)
+            if profiles:
+                ev.record["step_profile"] = asdict(profiles[0])
             return ev.record
         elif isinstance(ev, Error):
             if ev.kind in FATAL:

@@ -46,6 +46,7 @@ class Generate:
     top_k: int = 0
     seed: int = 0
     ignore_eos: bool = False
+    profile_steps: int = 0   # > 0: profile the prefill and this many decode steps
 
 
 @dataclass
@@ -145,6 +146,24 @@ class EngineEvent:
 
 
 @dataclass
+class StepProfile:
+    """What bounds a step: top kernels by device time and the device's busy/idle split.
+
+    Times are per step (prefill included) over the profiled window; `trace_path` is a Chrome
+    trace that Perfetto or chrome://tracing opens.
+    """
+
+    run_id: int
+    steps: int
+    device: str                        # gpu | cpu (on a CPU, busy = time inside ATen ops)
+    step_ms: float
+    busy_ms: float
+    idle_ms: float
+    top_kernels: list[dict[str, Any]]  # name, calls, device_ms, pct
+    trace_path: str
+
+
+@dataclass
 class GuardResult:
     """The correctness guard: greedy ids of a check prompt against the baseline configuration."""
 
@@ -163,7 +182,8 @@ class Error:
 
 
 COMMANDS = (Configure, Generate, Stop, Shutdown)
-EVENTS = (Status, ModelInfo, DeviceInfo, ConfigApplied, RunStarted, Token, RunDone, EngineEvent, GuardResult, Error)
+EVENTS = (Status, ModelInfo, DeviceInfo, ConfigApplied, RunStarted, Token, RunDone, EngineEvent, StepProfile, GuardResult,
+          Error)
 _TYPES = {cls.__name__: cls for cls in COMMANDS + EVENTS}
 
 

@@ -46,4 +46,5 @@ def generate_from_args(args: argparse.Namespace, run_id: int = 1) -> Generate:
     return Generate(run_id=run_id, prompt=prompt, messages=messages, prompt_len=args.prompt_len,
                     batch=args.batch, max_new_tokens=args.max_new_tokens, sample=args.sample,
                     temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                    seed=args.seed, ignore_eos=args.ignore_eos)
+                    seed=args.seed, ignore_eos=args.ignore_eos,
+                    profile_steps=max(0, getattr(args, "profile_steps", 0)))

@@ -133,3 +133,27 @@ def test_synthetic_tiny_is_built_and_labelled(engine_factory):
     assert done.record["model"]["layers"] == 4 and done.record["model"]["heads"] == 8
     assert done.record["model"]["dtype"] == "bf16"
     assert done.record["metrics"]["n_tokens"] == 6
+
+
+def test_step_profile_on_demand_only(engine):
+    import json
+
+    from llmtop.protocol import StepProfile
+
+    engine.send(Generate(run_id=20, prompt=PROMPT, max_new_tokens=6, ignore_eos=True,
+                         profile_steps=3))
+    seen: list = []
+    wait_for(engine, lambda e: isinstance(e, RunDone), seen=seen)
+    profiles = [e for e in seen if isinstance(e, StepProfile)]
+    assert len(profiles) == 1
+    p = profiles[0]
+    assert p.steps == 4 and p.device == "cpu"      # the prefill and 3 decode steps
+    assert abs(p.busy_ms + p.idle_ms - p.step_ms) < 1e-6 * max(1.0, p.step_ms) + 1e-3
+    assert 0 < p.busy_ms <= p.step_ms
+    assert any(k["name"] in ("aten::mm", "aten::addmm", "aten::linear") for k in p.top_kernels[:3])
+    trace = json.load(open(p.trace_path))
+    assert trace["traceEvents"]
+    engine.send(Generate(run_id=21, prompt=PROMPT, max_new_tokens=3))
+    seen = []
+    wait_for(engine, lambda e: isinstance(e, RunDone), seen=seen)
+    assert not [e for e in seen if isinstance(e, StepProfile)]  # normal runs pay nothing
