@@ -31,7 +31,8 @@ from . import theming
 from .messages import (EngineEventMessage, EngineStarted, NumaUpdate, SessionSaved, TelemetryReady,
                        TelemetryTick)
 from .screens.help import HelpScreen
-from .state import PROMPT_SET, Session, Telemetry
+from .screens.profile import ProfileScreen
+from .state import PROMPT_SET, Marker, Session, Telemetry
 from .widgets.comparison import ComparisonTable
 from .widgets.gpu_panel import GpuPanel
 from .widgets.header import LlmtopHeader
@@ -73,6 +74,7 @@ class LlmtopApp(App):
         Binding("ctrl+s", "save_session", "Save", tooltip="save the session (every run record, the comparison) as JSON"),
         Binding("ctrl+r", "restart_engine", "Restart engine", tooltip="restart the engine process (after a crash, or any time)"),
         Binding("b", "baseline", "Baseline", tooltip="make the current configuration the comparison's baseline"),
+        Binding("f", "profile", "Profile", tooltip="capture a step profile in the next run: top kernels, busy/idle split"),
         Binding("t", "next_theme", "Theme", tooltip="next theme (llmtop-dark, light, high-contrast, rocm, yours)"),
         Binding("o", "show_tab('optimize')", "Optimize", show=False, tooltip="show the optimizations"),
         Binding("r", "show_tab('run')", "Run", show=False, tooltip="show the run settings (prompt, batch, tokens, sampling)"),
@@ -108,6 +110,8 @@ class LlmtopApp(App):
         self.inflight: Generate | Configure | None = None
         self.run_id = 0
         self.prompt_index = 0
+        self.profile_pending = 0       # decode steps to profile in the next run
+        self.profiles: list[Any] = []
         self._engine_lock = threading.Lock()
         self._closing = False
         self._owns_client = client is None
@@ -331,6 +335,8 @@ class LlmtopApp(App):
         self.run_id += 1
         request = self.settings.request(self.run_id, self.prompt_index)
         self.prompt_index += 1
+        if self.profile_pending and hasattr(request, "profile_steps"):
+            request.profile_steps, self.profile_pending = self.profile_pending, 0
         self._send(request)
 
     def on_engine_event_message(self, msg: EngineEventMessage) -> None:
@@ -393,6 +399,13 @@ class LlmtopApp(App):
             self._changed(LatencyPlot)
         elif isinstance(ev, Error):
             self._on_error(ev)
+        elif type(ev).__name__ == "StepProfile":
+            self.profiles.append(ev)
+            busy = f" {100 * ev.busy_ms / ev.step_ms:.0f}% busy" if ev.step_ms else ""
+            run = next((r for r in reversed(s.runs) if r.run_id == ev.run_id), None)
+            s.markers.append(Marker(run.first_step if run else s.steps, "profile", "profile" + busy))
+            self.push_screen(ProfileScreen(ev))
+            self._changed(MetricsPanel)
         elif type(ev).__name__ == "GuardResult":
             s.on_guard(ev)
             if ev.status == "diverged":
@@ -474,6 +487,14 @@ class LlmtopApp(App):
         self._changed(OptimizationsPanel, LlmtopHeader)
         self._next()
         return True
+
+    def action_profile(self, steps: int = 8) -> None:
+        if "profile_steps" not in Generate.__dataclass_fields__:
+            self.notify("this engine has no step profiler", severity="warning")
+            return
+        self.profile_pending = steps
+        when = "when the loop resumes (space)" if self.paused else "in the next run"
+        self.notify(f"profiling the prefill and {steps} decode steps {when}", timeout=4)
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
@@ -590,7 +611,11 @@ class LlmtopApp(App):
     # ---- telemetry ------------------------------------------------------------------------------
 
     def gpu_busy_pct(self) -> float | None:
-        return self.telemetry.gpu_busy_pct()
+        """The GPU's busy share: the sampler's utilization, else the last GPU step profile's."""
+        busy = self.telemetry.gpu_busy_pct()
+        if busy is None and self.profiles and self.profiles[-1].device == "gpu" and self.profiles[-1].step_ms:
+            busy = 100 * self.profiles[-1].busy_ms / self.profiles[-1].step_ms
+        return busy
 
     @work(thread=True, group="telemetry")
     def _start_telemetry(self) -> None:

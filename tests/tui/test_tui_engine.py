@@ -136,6 +136,27 @@ def test_unavailable_option_cannot_be_turned_on(engine_client):
     run_async(body())
 
 
+def test_profile_key_shows_top_ops_and_busy_split(engine_client):
+    async def body():
+        app = make_app(engine_client)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.session.config is not None, RUN_TIMEOUT, "a configuration")
+            await pilot.press("f")
+            assert app.profile_pending > 0
+            await wait_for(pilot, lambda: app.profiles, RUN_TIMEOUT * 2, "a step profile")
+            await pilot.pause(0.3)
+            p = app.profiles[-1]
+            assert p.device == "cpu" and p.step_ms > 0 and 0 <= p.busy_ms <= p.step_ms * 1.05
+            assert p.top_kernels
+            text = screen_text(app)
+            assert "step profile" in text and p.top_kernels[0]["name"][:20] in text
+            assert any(m.kind == "profile" for m in app.session.markers)
+            await pilot.press("escape")
+            assert "step profile" not in screen_text(app)
+
+    run_async(body())
+
+
 def test_killed_engine_shows_error_and_restarts(engine_client):
     """Runs last of the shared-engine tests: it kills that engine."""
     async def body():

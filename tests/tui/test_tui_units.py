@@ -271,3 +271,30 @@ def test_pause_and_clear_keys():
         assert app.session.rows == {}
 
     run_app(body)
+
+
+def test_profile_key_and_profile_screen():
+    from llmtop.protocol import StepProfile
+
+    async def body(app, pilot):
+        fx.feed(app)
+        await pilot.press("f")
+        assert app.profile_pending == 8
+        app.client = type("FakeClient", (), {"send": lambda self, c: sent.append(c), "pid": 1})()
+        app.engine_up, app.busy = True, False
+        app._next()
+        assert sent and sent[-1].profile_steps == 8 and app.profile_pending == 0
+        app.handle_event(StepProfile(run_id=3, steps=8, device="gpu", step_ms=44.0, busy_ms=8.0,
+                                     idle_ms=36.0, top_kernels=[{"name": "ampere_bf16_gemm_128x64",
+                                                                 "calls": 1792, "device_ms": 40.1,
+                                                                 "pct": 62.5}],
+                                     trace_path="/tmp/trace.json"))
+        await pilot.pause()
+        text = screen_text(app)
+        assert "step profile" in text and "ampere_bf16_gemm_128x64" in text
+        assert "18% busy" in text and "launch-bound" in text
+        assert app.gpu_busy_pct() == pytest.approx(100 * 8 / 44)
+        app.client = None
+
+    sent: list = []
+    run_app(body)

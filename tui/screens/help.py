@@ -16,7 +16,7 @@ WIDGET_KEYS = (
     ("↑ ↓ enter", "optimizations tab", "move between options; enter picks one for the next run"),
     ("enter", "comparison table", "make the highlighted configuration the baseline"),
     ("tab / shift+tab", "anywhere", "move focus between panels and fields"),
-    ("escape", "this screen, palette", "close"),
+    ("escape", "this screen, palette, profile", "close"),
 )
 
 
