@@ -199,12 +199,17 @@ class LlmtopApp(App):
         """Every panel from the current data, now (tests call this after feeding events)."""
         for widget in (LlmtopHeader, TokenStream, LatencyPlot, MetricsPanel, ComparisonTable,
                        OptimizationsPanel, GpuPanel, HostPanel, NumaPanel):
-            for w in self.query(widget):
+            for w in self._main_query(widget):
                 w.redraw_now()
         self._show_error()
 
+    def _main_query(self, cls: type) -> list:
+        """Widgets of the dashboard screen, even while a help or profile screen is on top."""
+        return list(self.screen_stack[0].query(cls)) if self.screen_stack else []
+
     def refresh_header(self) -> None:
-        self.query_one(LlmtopHeader).redraw_now()
+        for header in self._main_query(LlmtopHeader):
+            header.redraw_now()
 
     def _changed(self, *widgets: type) -> None:
         """Tells panels their data changed (they redraw at their own pace). Called per token,
@@ -212,7 +217,7 @@ class LlmtopApp(App):
         for cls in widgets:
             found = self._widgets.get(cls)
             if found is None:
-                found = self._widgets[cls] = list(self.query(cls)) if self._drawn else []
+                found = self._widgets[cls] = list(self._main_query(cls)) if self._drawn else []
                 if not found:
                     del self._widgets[cls]
             for w in found:
@@ -456,7 +461,9 @@ class LlmtopApp(App):
         self._changed(LlmtopHeader)
 
     def _show_error(self) -> None:
-        bar = self.query_one("#error-bar", Static)
+        if not self.screen_stack:
+            return
+        bar = self.screen_stack[0].query_one("#error-bar", Static)
         bar.update(f"✖ {self.error}" if self.error else "")
         bar.set_class(bool(self.error), "visible")
 
@@ -515,7 +522,7 @@ class LlmtopApp(App):
         self.redraw_all()
 
     def action_baseline(self) -> None:
-        table = self.query_one(ComparisonTable)
+        table = self.screen_stack[0].query_one(ComparisonTable)
         if self.focused is table and table.row_count:
             table.action_baseline()
             return
@@ -533,7 +540,7 @@ class LlmtopApp(App):
         self._changed(ComparisonTable)
 
     def action_show_tab(self, tab: str) -> None:
-        self.query_one("#tabs", TabbedContent).active = tab
+        self.screen_stack[0].query_one("#tabs", TabbedContent).active = tab
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
