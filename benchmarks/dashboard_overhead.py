@@ -197,6 +197,9 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=900, help="seconds for any one step")
     p.add_argument("--json", metavar="FILE", help="write every measured number here")
     a = p.parse_args()
+    # SIGTERM / SIGHUP unwind through the finally blocks, which close what this script started
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(143))
 
     sessions, headless, engine = [], [], []
     with tempfile.TemporaryDirectory(prefix="llmtop-overhead-") as tmp:

@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 from llmtop.protocol import Configure, Generate
+from llmtop.tui.analysis import num
 from llmtop.tui.app import LlmtopApp
 from textual.widgets import OptionList
 
@@ -54,11 +55,11 @@ def test_tokens_appear_and_metrics_update(engine_client):
             assert "The largest continent is" in text
             assert generated.split()[0] in text, f"generated text {generated!r} not on screen"
             tpot = run.record["metrics"]["tpot_ms"]
-            assert f"{tpot:.2f} ms" in text, "the metrics panel does not show the run's TPOT"
+            assert f"{num(tpot, 2)} ms" in text, "the metrics panel does not show the run's TPOT"
             assert "TTFT" in text and "bottleneck:" in text
             # the comparison gets the configuration's row, with the run's TPOT
             assert len(app.session.rows) == 1
-            assert f"{tpot:.2f}" in text
+            assert num(tpot, 2) in text
             # the loop goes on: a second run starts without any key pressed
             await wait_for(pilot, lambda: len(app.session.runs) >= 2, RUN_TIMEOUT, "a second run")
             # telemetry reached the host panel (the real psutil sampler)
