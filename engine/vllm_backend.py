@@ -1,0 +1,144 @@
+"""backend=vllm: vLLM's engine (its paged attention, CUDA graphs, tensor parallelism) behind
+the same Step stream as the transformers paths.
+
+Built to vLLM's public engine API: `EngineArgs(model=, dtype=, tensor_parallel_size=,
+enforce_eager=, ...)`, `LLMEngine.from_engine_args(args)`, `add_request(request_id,
+TokensPrompt(prompt_token_ids=...), SamplingParams(...))`, `step()` returning `RequestOutput`s
+(`.request_id`, `.outputs[0].token_ids`, `.finished`), `has_unfinished_requests()`,
+`abort_request([ids])`. vLLM is imported only when an engine is made: `import vllm` costs
+seconds and initialises CUDA state.
+
+Stamps: `Step.t_ns` is `perf_counter_ns()` right after the `step()` that delivered the last
+request's token of that index; `step()` returns only once the token ids are on the host (in
+process, or over vLLM's own IPC when its engine core runs in a separate process).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import multiprocessing
+import os
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+from .generate import Sampling
+from .paged import PagedStep, StepAssembler
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def vllm_available() -> tuple[bool, str]:
+    """Whether backend=vllm can run here, and if not, why (one line). Does not import vllm."""
+    if importlib.util.find_spec("vllm") is None:
+        return False, "vLLM not installed (pip install vllm)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "vLLM needs a CUDA or ROCm GPU (none visible to torch)"
+    return True, ""
+
+
+def sampling_params(sampling: Sampling, max_new_tokens: int, ignore_eos: bool,
+                    row: int = 0) -> Any:
+    """Our Sampling as vLLM SamplingParams; greedy is temperature 0. Rows get seed + row, so
+    that a batch of one prompt does not sample the same text in every row."""
+    from vllm import SamplingParams
+
+    kw: dict[str, Any] = {"max_tokens": max_new_tokens, "ignore_eos": ignore_eos,
+                          "detokenize": False}  # llmtop detokenizes its own stream
+    if not sampling.sample:
+        return SamplingParams(temperature=0.0, **kw)
+    seed = sampling.generator.initial_seed() + row if sampling.generator is not None else None
+    return SamplingParams(temperature=max(sampling.temperature, 1e-5),
+                          top_p=sampling.top_p if 0 < sampling.top_p < 1 else 1.0,
+                          top_k=sampling.top_k if sampling.top_k > 0 else -1,  # -1: off, all
+                          seed=seed, **kw)
+
+
+class VllmEngine:
+    """One vLLM LLMEngine for a model; `generate_steps` runs a batch as concurrent requests."""
+
+    def __init__(self, model_path_or_name: str, dtype: str = "bf16",
+                 tensor_parallel_size: int = 1, enforce_eager: bool = False,
+                 gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
+                 seed: int = 0, **engine_kwargs: Any) -> None:
+        """`dtype` takes llmtop's names (bf16, fp16, fp32) or vLLM's; `engine_kwargs` go to
+        EngineArgs as they are (e.g. load_format="dummy" for random weights of a config)."""
+        if multiprocessing.current_process().daemon:
+            if tensor_parallel_size > 1:
+                raise RuntimeError(
+                    "vLLM tensor parallelism starts worker processes, which a daemonic process "
+                    "cannot: run the engine process with daemon=False for backend=vllm tp>1")
+            # vLLM's V1 engine core would be a child process: keep it in this one instead
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import EngineArgs, LLMEngine
+
+        args = EngineArgs(model=model_path_or_name, dtype=DTYPES.get(dtype, dtype),
+                          tensor_parallel_size=tensor_parallel_size,
+                          enforce_eager=enforce_eager,
+                          gpu_memory_utilization=gpu_memory_utilization,
+                          max_model_len=max_model_len, seed=seed, disable_log_stats=True,
+                          **engine_kwargs)
+        self.args = args
+        self.engine = LLMEngine.from_engine_args(args)
+        self._runs = itertools.count()
+
+    def eos_ids(self) -> set[int]:
+        """The EOS ids vLLM stops at (its tokenizer's; the model's generation config adds to
+        them inside vLLM, which is why callers may pass their own set to generate_steps)."""
+        tok = self.engine.get_tokenizer()
+        eos = getattr(tok, "eos_token_id", None)
+        return {eos} if isinstance(eos, int) else set(eos or ())
+
+    def generate_steps(self, prompts_token_ids: Sequence[Sequence[int]], max_new_tokens: int,
+                       sampling: Sampling, ignore_eos: bool, should_stop: Callable[[], bool],
+                       eos_ids: set[int] | None = None) -> Iterator[PagedStep]:
+        """One Step per token index once every live request has it, as `generate.run` yields.
+
+        Rows are unpadded prompts (see `paged.unpadded_rows`). On stop, or when the consumer
+        closes the iterator, the unfinished requests are aborted so the engine is free.
+        """
+        from vllm import TokensPrompt
+
+        eos = self.eos_ids() if eos_ids is None else set(eos_ids)
+        run = next(self._runs)
+        rows: dict[str, int] = {}
+        for r, prompt in enumerate(prompts_token_ids):
+            rid = f"llmtop-{run}-{r}"
+            self.engine.add_request(rid, TokensPrompt(prompt_token_ids=list(prompt)),
+                                    sampling_params(sampling, max_new_tokens, ignore_eos, r))
+            rows[rid] = r
+        asm = StepAssembler(len(rows), eos, min(eos) if eos else 0)
+        stamps: list[list[int]] = [[] for _ in rows]
+        finished: set[str] = set()
+        try:
+            while not asm.done:
+                if not self.engine.has_unfinished_requests():
+                    raise RuntimeError("vLLM ended the requests before they finished")
+                outputs = self.engine.step()
+                now = time.perf_counter_ns()
+                for out in outputs:
+                    r = rows.get(out.request_id)
+                    if r is None:
+                        continue
+                    tokens = list(out.outputs[0].token_ids)
+                    stamps[r] += [now] * (len(tokens) - len(stamps[r]))
+                    asm.update(r, tokens, out.finished, stamps[r])
+                    if out.finished:
+                        finished.add(out.request_id)
+                for step in asm.pop(now):
+                    yield step
+                    if should_stop():
+                        return
+        finally:
+            left = [rid for rid in rows if rid not in finished]
+            if left:
+                self.engine.abort_request(left)
+
+    def close(self) -> None:
+        """Shut vLLM's engine core down and drop the engine (frees its KV cache)."""
+        core = getattr(self.engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.engine = None

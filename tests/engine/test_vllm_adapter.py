@@ -1,0 +1,161 @@
+"""The vLLM adapter's contract, against tests/fakes/vllm (a fake mirroring vLLM's real API)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmtop.engine import generate, vllm_backend
+from llmtop.engine.generate import Sampling
+
+FAKE = Path(__file__).parent.parent / "fakes" / "vllm"
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """`import vllm` gives the fake package (its submodules load from its folder) until the
+    test ends; whatever vllm modules were loaded before come back afterwards."""
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    spec = importlib.util.spec_from_file_location("vllm", FAKE / "__init__.py",
+                                                  submodule_search_locations=[str(FAKE)])
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    spec.loader.exec_module(module)
+    yield module
+    for name in [m for m in sys.modules if m.startswith("vllm.")]:
+        del sys.modules[name]
+
+
+def greedy_reference(prompt: list[int], n: int) -> list[int]:
+    """The fake model's greedy tokens, by its documented formula (independent of the fake)."""
+    ctx, out = list(prompt), []
+    for _ in range(n):
+        t = 100 + (31 * sum(ctx[-8:]) + len(ctx)) % (32000 - 100)
+        out.append(t)
+        ctx.append(t)
+    return out
+
+
+PROMPTS = [[1, 450, 10487, 25523], [1, 15043, 29892, 590, 1024, 338], [1, 7], [1, 2, 3, 4, 5]]
+
+
+def test_availability_says_why(fake_vllm, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert vllm_backend.vllm_available() == (True, "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ok, why = vllm_backend.vllm_available()
+    assert not ok and "GPU" in why and "\n" not in why
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed
+    ok, why = vllm_backend.vllm_available()
+    assert not ok and why == "vLLM not installed (pip install vllm)"
+
+
+def test_engine_args_are_vllms(fake_vllm):
+    eng = vllm_backend.VllmEngine("/models/llama", dtype="bf16", tensor_parallel_size=2,
+                                  enforce_eager=True, max_model_len=4096,
+                                  load_format="dummy")
+    args = eng.engine.vllm_config
+    assert type(args).__name__ == "EngineArgs"
+    assert (args.model, args.dtype, args.tensor_parallel_size, args.enforce_eager,
+            args.max_model_len, args.load_format) == ("/models/llama", "bfloat16", 2, True,
+                                                      4096, "dummy")
+    assert args.disable_log_stats
+    with pytest.raises(ValueError, match="Unknown dtype"):
+        vllm_backend.VllmEngine("m", dtype="int3")
+
+
+def test_greedy_batch_streams_steps_like_the_dynamic_path(fake_vllm):
+    eng = vllm_backend.VllmEngine("m")
+    steps = list(eng.generate_steps(PROMPTS, 12, Sampling(), True, lambda: False))
+    assert [s.index for s in steps] == list(range(12))
+    for r, prompt in enumerate(PROMPTS):
+        assert [s.ids[r] for s in steps] == greedy_reference(prompt, 12)
+    assert all(all(s.live) for s in steps)
+    assert all(isinstance(s, generate.Step) for s in steps)
+    assert all(a.t_ns < b.t_ns for a, b in zip(steps, steps[1:]))
+    assert not eng.engine.has_unfinished_requests()
+    # the same engine serves the next batch (request ids do not collide)
+    again = list(eng.generate_steps(PROMPTS[:1], 3, Sampling(), True, lambda: False))
+    assert [s.ids for s in again] == [[t] for t in greedy_reference(PROMPTS[0], 3)]
+
+
+def test_eos_ends_requests_and_live_follows_the_dynamic_path(fake_vllm):
+    eng = vllm_backend.VllmEngine("m")
+    # the fake answers EOS at index k for a prompt ending in 31000 + k
+    prompts = [[1, 31002], [1, 31005], [1, 500]]
+    steps = list(eng.generate_steps(prompts, 8, Sampling(), False, lambda: False))
+    assert len(steps) == 8                          # row 2 never stops early
+    assert [s.live for s in steps][:3] == [[True] * 3] * 3
+    assert [s.live[0] for s in steps] == [True] * 3 + [False] * 5   # EOS itself is live
+    assert [s.live[1] for s in steps] == [True] * 6 + [False] * 2
+    assert steps[2].ids[0] == 2 and steps[5].ids[1] == 2
+    assert all(s.ids[0] == 2 for s in steps[3:])    # ended rows repeat their last id
+    # ignore_eos: generation goes on past EOS, whose successors are not live (as dynamic)
+    steps = list(eng.generate_steps(prompts[:1], 6, Sampling(), True, lambda: False))
+    assert len(steps) == 6 and steps[2].ids == [2] and steps[3].ids != [2]
+    assert [s.live[0] for s in steps] == [True] * 3 + [False] * 3
+    # all rows end on EOS: the stream ends there, as the dynamic path does
+    steps = list(eng.generate_steps(prompts[:2], 50, Sampling(), False, lambda: False))
+    assert len(steps) == 6
+
+
+def test_sampling_params_mapping_and_seeds(fake_vllm):
+    s = vllm_backend.sampling_params(Sampling(), 7, True)
+    assert (s.temperature, s.max_tokens, s.ignore_eos, s.detokenize) == (0.0, 7, True, False)
+    gen = torch.Generator().manual_seed(5)
+    s = vllm_backend.sampling_params(Sampling(True, 0.8, 0.9, 40, gen), 7, False, row=2)
+    assert (s.temperature, s.top_p, s.top_k, s.seed) == (0.8, 0.9, 40, 7)
+    s = vllm_backend.sampling_params(Sampling(True, 0.8, 1.0, 0, gen), 7, False)
+    assert (s.top_p, s.top_k) == (1.0, -1)          # off, in the form every vLLM accepts
+    eng = vllm_backend.VllmEngine("m")
+
+    def run(seed: int) -> list[list[int]]:
+        smp = Sampling(True, 1.0, 1.0, 0, torch.Generator().manual_seed(seed))
+        return [s.ids for s in eng.generate_steps([PROMPTS[0]] * 2, 6, smp, True,
+                                                  lambda: False)]
+    a, b, c = run(1), run(1), run(2)
+    assert a == b and a != c
+    assert [x[0] for x in a] != [x[1] for x in a]    # rows of one prompt differ
+
+
+def test_stop_and_close_abort_unfinished_requests(fake_vllm):
+    eng = vllm_backend.VllmEngine("m")
+    seen = []
+    steps = eng.generate_steps(PROMPTS, 100, Sampling(), True, lambda: len(seen) >= 3)
+    for s in steps:
+        seen.append(s)
+    assert len(seen) == 3
+    assert not eng.engine.has_unfinished_requests()
+    assert len(eng.engine.aborted) == len(PROMPTS)
+    # a consumer that walks away (closes the iterator) frees the engine too
+    it = eng.generate_steps(PROMPTS, 100, Sampling(), True, lambda: False)
+    next(it)
+    it.close()
+    assert not eng.engine.has_unfinished_requests()
+    before = eng.engine.step_count
+    list(eng.generate_steps(PROMPTS[:1], 2, Sampling(), True, lambda: False))
+    assert eng.engine.step_count == before + 2      # nothing stale is stepped any more
+    eng.close()
+    assert eng.engine is None
+
+
+def test_tensor_parallel_in_a_daemonic_process_is_refused_up_front(fake_vllm, monkeypatch):
+    import multiprocessing
+
+    class Daemon:
+        daemon = True
+
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: Daemon())
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "unset below, restored after")
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")
+    with pytest.raises(RuntimeError, match="daemon=False"):
+        vllm_backend.VllmEngine("m", tensor_parallel_size=2)
+    vllm_backend.VllmEngine("m")   # tp=1 works, with vLLM's engine core kept in process
+    import os
+
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
