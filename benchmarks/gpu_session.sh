@@ -35,6 +35,9 @@ case "${1:-}" in
     STUDY_BUDGET_S=${STUDY_BUDGET_S:-300} LLMTOP="python3 -m llmtop" benchmarks/study_sweep.sh /tmp/study \
       --config max:attention=sdpa,kv=static,compile=full 2>&1 | tail -25
     tar czf "$OUT/study.tgz" -C /tmp study ;;
-  *) echo "parts: foundation opt-a opt-b opt-c study"; exit 2 ;;
+  tp)  # needs 2 GPUs (nvidia-h100-x2): TP=2 tokens vs TP=1, then TTFT/TPOT/collectives/telemetry
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_tp_gpu.py 2>&1 | tail -3
+    python3 benchmarks/tp_compare.py --out "$OUT" 2>&1 | tail -12 ;;
+  *) echo "parts: foundation opt-a opt-b opt-c study tp"; exit 2 ;;
 esac
 cp "$LLMTOP_CACHE/engine.log" "$OUT/engine.log" 2>/dev/null

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from . import spec as specs
+from . import tp as tensor_parallel
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -26,9 +27,12 @@ class Loaded:
     spec: specs.ModelSpec
     device: str
     dtype: str
+    tp: int = 1                                       # tensor-parallel ranks (engine/tp.py)
+    devices: list[str] = field(default_factory=list)  # every rank's device, rank 0 first
 
     def info(self) -> dict[str, Any]:
         cfg = self.model.config
+        # with tp > 1 the parameters are DTensors: numel() is the whole model's, all ranks
         params = sum(p.numel() for p in self.model.parameters())
         weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         return dict(
@@ -36,7 +40,7 @@ class Loaded:
             layers=cfg.num_hidden_layers, heads=cfg.num_attention_heads,
             kv_heads=cfg.num_key_value_heads, hidden=cfg.hidden_size, vocab=cfg.vocab_size,
             dtype=self.dtype, device=self.device, synthetic=self.spec.synthetic,
-            source=self.spec.path)
+            source=self.spec.path, tp=self.tp, devices=self.devices or [self.device])
 
 
 def kv_bytes_per_token(model: Any) -> int:
@@ -102,12 +106,17 @@ def build_synthetic(shape: str, device: str, dtype: torch.dtype, attn: str) -> A
 
 
 def load(spec: specs.ModelSpec, device: str, dtype: str, attn: str,
-         progress: Progress) -> Loaded:
-    """The model for `spec` on `device`, in eval mode with gradients off."""
+         progress: Progress, tp: int = 1, devices: list[str] | None = None) -> Loaded:
+    """The model for `spec` on `device`, in eval mode with gradients off.
+
+    With `tp` > 1 (every rank calls this in lockstep, engine/tp.py) this rank holds its shard.
+    """
     torch_dtype = DTYPES[dtype]
     if spec.kind == "synthetic":
         progress(f"building random weights for {spec.name} on {device}", 0.1)
         model = build_synthetic(spec.path, device, torch_dtype, attn)
+        if tp > 1:  # same seed on every rank: the full weights of tp=1, then this rank's slice
+            model = tensor_parallel.shard(model, tp)
         tokenizer = synthetic_tokenizer()
     else:
         if spec.kind == "embedded":
@@ -121,9 +130,12 @@ def load(spec: specs.ModelSpec, device: str, dtype: str, attn: str,
         if spec.kind == "hub":
             extra["local_files_only"] = True
         tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+        # tp > 1: transformers reads only this rank's slices, onto its device (LOCAL_RANK)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype,
-                                                     attn_implementation=attn, **extra)
-        model.to(device)
+                                                     attn_implementation=attn, **extra,
+                                                     **tensor_parallel.from_pretrained_kwargs(tp))
+        if tp == 1:
+            model.to(device)
     model.eval()
     model.requires_grad_(False)
     if tokenizer is not None:
@@ -131,4 +143,4 @@ def load(spec: specs.ModelSpec, device: str, dtype: str, attn: str,
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
     progress("ready", 1.0)
-    return Loaded(model, tokenizer, spec, device, dtype)
+    return Loaded(model, tokenizer, spec, device, dtype, tp, devices or [device])

@@ -17,7 +17,7 @@ from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, Error, Genera
                              ModelInfo, RunDone,
                              RunStarted, Status, Token)
 
-from . import catalogue, ceilings, generate, guard, models, record, watch
+from . import catalogue, ceilings, generate, guard, models, record, tp, watch
 from .step_profile import StepProfiler
 from . import spec as specs
 
@@ -27,9 +27,12 @@ RECOMPILE_LIMIT = torch._dynamo.config.recompile_limit  # the study's per-layer 
 
 
 class Engine:
-    def __init__(self, emit: Emit, stop: threading.Event) -> None:
+    def __init__(self, emit: Emit, stop: threading.Event, ranks: tp.Ranks | None = None) -> None:
         self.emit = emit
         self.stop = stop
+        # tensor parallelism (engine/tp.py): rank 0 mirrors every Configure / Generate to its
+        # followers, which run this same class in lockstep with their events discarded
+        self.ranks = ranks or tp.Ranks()
         self.loaded: models.Loaded | None = None
         self.config: Configure | None = None
         self.ceilings: dict[str, Any] = {}
@@ -54,15 +57,23 @@ class Engine:
         spec = specs.resolve(cfg.model)
         opts = {**catalogue.DEFAULTS, **cfg.opts, "dtype": cfg.dtype}
         catalogue.check(opts, cfg.device)
+        if self.ranks.rank == 0:  # --tp: heads divisible, GPUs there; before anything loads
+            tp.check(spec, cfg.device, cfg.tp, opts)
         cfg = Configure(cfg.model, cfg.device, cfg.dtype, opts, cfg.tp)
         old = self.config
         reload = (old is None or self.loaded is None or
-                  (old.model, old.device, old.dtype) != (cfg.model, cfg.device, cfg.dtype) or
+                  (old.model, old.device, old.dtype, old.tp) !=
+                  (cfg.model, cfg.device, cfg.dtype, cfg.tp) or
                   old.opts.get("compile") != opts["compile"])
         if reload:
             self._unload()
+            # rank 0 starts or ends followers to match cfg.tp (a follower keeps its group)
+            self.ranks = tp.resize(self.ranks, cfg.tp, cfg.device, self._rank_lost)
+        self.ranks.mirror(cfg)  # followers run this same configure from here on, in lockstep
+        if reload:
             with self._heartbeat("loading", f"loading {spec.name} on {cfg.device}"):
-                self.loaded = models.load(spec, cfg.device, cfg.dtype, "eager", self._progress)
+                self.loaded = models.load(spec, cfg.device, cfg.dtype, "eager", self._progress,
+                                          tp=cfg.tp, devices=self.ranks.devices(cfg.device))
             self.baseline = self._trace("eager", False)
             self.emit(Status("warming", "measuring the device's bandwidth and FLOP/s ceilings"))
             self.ceilings = ceilings.get(cfg.device, models.DTYPES[cfg.dtype])
@@ -126,6 +137,14 @@ class Engine:
             torch._dynamo.config.recompile_limit = 64
             self.decoder = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
 
+    def _rank_lost(self, why: str) -> None:
+        self.emit(Error("engine_dead", why, recoverable=True))
+
+    def close(self) -> None:
+        """Ends the tensor-parallel followers, if any (the worker calls this on Shutdown)."""
+        self.ranks.close()
+        self.ranks = tp.Ranks()
+
     def _unload(self) -> None:
         self.loaded = None
         self.decoder = None
@@ -160,6 +179,7 @@ class Engine:
         if self.loaded is None or self.config is None:
             self.emit(Error("not_configured", "configure the engine before generating"))
             return
+        self.ranks.mirror(req)  # followers run the same request, step for step
         self.stop.clear()
         loaded, cfg = self.loaded, self.config
         model, tok = loaded.model, loaded.tokenizer
@@ -187,13 +207,13 @@ class Engine:
         stamps: list[int] = []
         stopped = ""
         profiler = None
-        if req.profile_steps > 0:
+        if req.profile_steps > 0 and self.ranks.rank == 0:
             profiler = StepProfiler(req.run_id, req.profile_steps, cfg.device)
             profiler.start()
         try:
             with _sdpa_backend(cfg.opts["attention"]):
                 for step in generate.run(model, inputs, req.max_new_tokens, sampling, cache, eos,
-                                         req.ignore_eos, self.stop.is_set,
+                                         req.ignore_eos, self.ranks.agree(self.stop.is_set),
                                          static_len, self.decoder):
                     texts = stream.push(step.ids)
                     stamps.append(step.t_ns)
@@ -221,7 +241,7 @@ class Engine:
             if stopped == "oom":
                 gc.collect()
                 torch.cuda.empty_cache()
-        if stamps:
+        if stamps and self.ranks.rank == 0:
             m = run_metrics.run_metrics(start_ns, stamps, req.batch, inputs.prompt_tokens)
             rec = record.build(loaded.info(), asdict(cfg), asdict(req), tokens, m.to_dict(),
                                asdict(self.guard) if self.guard else {}, stopped)
@@ -229,9 +249,10 @@ class Engine:
             rec["kv_bytes_per_token"] = models.kv_bytes_per_token(model)
             rec["ceilings"] = self.ceilings
             info = rec["model"]
+            # with tp ranks the weights and KV are split over tp devices: their ceilings add up
             rec["roofline"] = asdict(run_metrics.roofline(
                 m, info["weight_bytes"], info["params"], rec["kv_bytes_per_token"],
-                self.ceilings["mem_bw_gb_s"], self.ceilings["peak_tflops"]))
+                self.ceilings["mem_bw_gb_s"] * cfg.tp, self.ceilings["peak_tflops"] * cfg.tp))
             self.emit(RunDone(req.run_id, rec))
         self.emit(Status("ready", "error" if stopped in ("oom", "error") else ""))
 

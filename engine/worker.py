@@ -55,6 +55,7 @@ def main(conn: Connection, log_path: str | None = None) -> None:
         message = inbox.get()
         try:
             if isinstance(message, Shutdown):
+                engine.close()  # tensor-parallel followers end with us (engine/tp.py)
                 break
             if isinstance(message, Configure):
                 engine.configure(message)

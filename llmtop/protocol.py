@@ -83,6 +83,8 @@ class ModelInfo:
     device: str
     synthetic: bool
     source: str = ""
+    tp: int = 1                                       # tensor-parallel ranks
+    devices: list[str] = field(default_factory=list)  # each rank's device, rank 0 first
 
 
 @dataclass
