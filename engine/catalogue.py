@@ -70,6 +70,9 @@ def conflicts(opts: dict[str, str]) -> str | None:
     """Why a combination cannot run, whatever the machine; None when it can."""
     if opts.get("compile") == "full" and opts.get("kv") != "static":
         return "compile=full captures CUDA graphs over fixed shapes: it requires kv=static"
+    if opts.get("kv") == "paged" and opts.get("attention") == "flex":
+        return ("kv=paged runs transformers' continuous batching, which supports eager, sdpa "
+                "and flash attention, not flex")
     if opts.get("kv") == "paged" and opts.get("compile") != "off":
         return "kv=paged runs through continuous batching, which llmtop does not compile"
     if opts.get("backend") == "vllm" and opts.get("attention") not in ("sdpa", "flash"):
@@ -106,8 +109,10 @@ def availability(device: str) -> dict[str, dict[str, Availability]]:
         att["flash_attention_2"] = Availability(cuda, "" if cuda else no_gpu)
     table["kv"]["dynamic"] = Availability(True)
     table["kv"]["static"] = Availability(True)
-    table["kv"]["paged"] = Availability(
-        False, "paged KV (continuous batching) is not wired into this engine yet")
+    from .paged import paged_available
+
+    ok, why = paged_available()
+    table["kv"]["paged"] = Availability(ok, why or "transformers' continuous batching, paged cache")
     table["compile"]["off"] = Availability(True)
     table["compile"]["layers"] = Availability(True, "" if cuda else "compiles on CPU too, slowly (minutes)")
     table["compile"]["full"] = Availability(True, "" if cuda else "no CUDA graphs on CPU: compile only, minutes per prompt length")
@@ -125,8 +130,9 @@ def availability(device: str) -> dict[str, dict[str, Availability]]:
     table["backend"]["hf"] = Availability(True)
     if importlib.util.find_spec("vllm") is None:
         table["backend"]["vllm"] = Availability(False, "vLLM not installed (pip install vllm)")
-    else:
-        table["backend"]["vllm"] = Availability(cuda, "" if cuda else no_gpu)
+    else:  # engine/vllm_backend.py is tested against vLLM's API, not yet on a GPU
+        table["backend"]["vllm"] = Availability(
+            False, "the vLLM adapter is not yet verified on a GPU, so not selectable")
     return table
 
 

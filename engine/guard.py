@@ -56,10 +56,27 @@ def trace(model: Any, tokenizer: Any, device: str, cache: Any, static_len: int,
     return Trace(ids, logits_out)
 
 
+def trace_paged(model: Any, tokenizer: Any, device: str) -> Trace:
+    """The check prompt through continuous batching (kv=paged): ids only, no logits."""
+    from . import paged
+
+    cfg = model.config
+    req = Generate(prompt=CHECK_PROMPT if tokenizer is not None else None,
+                   prompt_len=None if tokenizer is not None else 16, max_new_tokens=CHECK_TOKENS)
+    inputs = generate.prepare(req, tokenizer, cfg.vocab_size, cfg.max_position_embeddings, device)
+    steps = paged.run_paged(model, inputs, CHECK_TOKENS, generate.Sampling(), set(), True,
+                            lambda: False)
+    return Trace([s.ids[0] for s in steps], [])
+
+
 def compare(baseline: Trace, current: Trace) -> GuardResult:
+    """Where the greedy ids first differ; the logit gap there when both traces have logits."""
+    with_logits = bool(baseline.logits and current.logits)
     for k, (a, b) in enumerate(zip(baseline.ids, current.ids)):
         if a != b:
-            diff = float((baseline.logits[k] - current.logits[k]).abs().max())
+            diff = (float((baseline.logits[k] - current.logits[k]).abs().max())
+                    if with_logits else None)
             return GuardResult("diverged", k, diff, len(baseline.ids), BASELINE)
-    diff = max(float((a - b).abs().max()) for a, b in zip(baseline.logits, current.logits))
+    diff = (max(float((a - b).abs().max()) for a, b in zip(baseline.logits, current.logits))
+            if with_logits else None)
     return GuardResult("identical", None, diff, len(baseline.ids), BASELINE)

@@ -17,7 +17,7 @@ from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, Error, Genera
                              ModelInfo, RunDone,
                              RunStarted, Status, Token)
 
-from . import catalogue, ceilings, generate, guard, models, record, tp, watch
+from . import catalogue, ceilings, generate, guard, models, paged, record, tp, watch
 from .step_profile import StepProfiler
 from . import spec as specs
 
@@ -95,7 +95,8 @@ class Engine:
             phase = "tuning"
         try:
             with self._heartbeat(phase, "correctness guard on the check prompt"):
-                current = self._trace(opts["attention"], opts["kv"] == "static")
+                current = self._trace(opts["attention"], opts["kv"] == "static",
+                                      opts["kv"] == "paged")
         except RuntimeError as e:
             # e.g. a pinned SDPA kernel that refuses this model's shapes (GQA, head size)
             self.config = old if not reload else None
@@ -110,8 +111,10 @@ class Engine:
         self.emit(self.guard)
         self.emit(Status("ready", f"{spec.name} on {cfg.device}"))
 
-    def _trace(self, attention: str, static: bool) -> guard.Trace:
+    def _trace(self, attention: str, static: bool, paged_kv: bool = False) -> guard.Trace:
         model = self.loaded.model
+        if paged_kv:  # continuous batching gives ids, not logits: the guard compares ids
+            return guard.trace_paged(model, self.loaded.tokenizer, self.loaded.device)
         model.set_attn_implementation(catalogue.ATTENTION_IMPL[attention][0])
         length = STATIC_BUCKET if static else 0  # the shapes a short run's graphs will have
         cache = (StaticCache(config=model.config, max_cache_len=length) if static
@@ -199,10 +202,20 @@ class Engine:
             gen = torch.Generator(device=cfg.device).manual_seed(req.seed)
         sampling = generate.Sampling(req.sample, req.temperature, req.top_p, req.top_k, gen)
         static_len = self._static_len(inputs.prompt_tokens + req.max_new_tokens)
-        cache = (StaticCache(config=mcfg, max_cache_len=static_len) if static_len
+        paged_run = cfg.opts["kv"] == "paged"  # continuous batching brings its own paged cache
+        cache = (None if paged_run else
+                 StaticCache(config=mcfg, max_cache_len=static_len) if static_len
                  else DynamicCache(config=mcfg))
         stream = generate.Stream(tok, req.batch)
         eos = _eos_ids(model, tok)
+        should_stop = self.ranks.agree(self.stop.is_set)
+        paged_info: dict[str, Any] = {}
+        if paged_run:
+            steps = paged.run_paged(model, inputs, req.max_new_tokens, sampling, eos,
+                                    req.ignore_eos, should_stop, info=paged_info)
+        else:
+            steps = generate.run(model, inputs, req.max_new_tokens, sampling, cache, eos,
+                                 req.ignore_eos, should_stop, static_len, self.decoder)
         tokens: list[list[dict[str, Any]]] = [[] for _ in range(req.batch)]
         stamps: list[int] = []
         stopped = ""
@@ -212,9 +225,7 @@ class Engine:
             profiler.start()
         try:
             with _sdpa_backend(cfg.opts["attention"]):
-                for step in generate.run(model, inputs, req.max_new_tokens, sampling, cache, eos,
-                                         req.ignore_eos, self.ranks.agree(self.stop.is_set),
-                                         static_len, self.decoder):
+                for step in steps:
                     texts = stream.push(step.ids)
                     stamps.append(step.t_ns)
                     for r, (tid, text, live) in enumerate(zip(step.ids, texts, step.live)):
@@ -248,6 +259,8 @@ class Engine:
             rec["start_ns"] = start_ns
             rec["kv_bytes_per_token"] = models.kv_bytes_per_token(model)
             rec["ceilings"] = self.ceilings
+            if paged_info:
+                rec["paged"] = paged_info
             info = rec["model"]
             # with tp ranks the weights and KV are split over tp devices: their ceilings add up
             rec["roofline"] = asdict(run_metrics.roofline(

@@ -82,7 +82,7 @@ def test_guard_reports_where_bf16_kernels_diverge(engine):
 def test_unavailable_and_conflicting_options_are_refused_with_reasons(engine):
     for opts, reason in (({"attention": "mem_efficient"}, "needs a CUDA or ROCm GPU"),
                          ({"gemm": "tunableop"}, "TunableOp needs a CUDA or ROCm GPU"),
-                         ({"kv": "paged"}, "not wired"),
+                         ({"kv": "paged", "attention": "flex"}, "not flex"),
                          ({"compile": "full", "kv": "dynamic"}, "requires kv=static")):
         engine.send(Configure(model="embedded", device="cpu", opts=opts))
         ev = wait_for(engine, lambda e: isinstance(e, Error))
@@ -109,3 +109,16 @@ def test_catalogue_names_are_the_only_names():
     for preset in catalogue.PRESETS.values():
         for axis, value in preset.items():
             assert value in catalogue.AXES[axis]
+
+
+def test_paged_kv_runs_in_a_live_engine_with_the_guard(engine_factory):
+    client = engine_factory(Configure(model="embedded", device="cpu", dtype="fp32"))
+    applied, guard = configure(client, dtype="fp32", attention="sdpa", kv="paged")
+    assert applied.how == "in place"
+    assert guard.status == "identical" and guard.max_logit_diff is None  # ids only
+    client.send(Generate(run_id=1, prompt=PROMPT, max_new_tokens=8, batch=2, ignore_eos=True))
+    done = wait_for(client, lambda e: isinstance(e, RunDone))
+    rec = done.record
+    assert rec["config"]["opts"]["kv"] == "paged" and rec["paged"]
+    assert [t["id"] for t in rec["tokens"][0]] == [t["id"] for t in rec["tokens"][1]]
+    assert rec["metrics"]["n_tokens"] == 8
