@@ -15,7 +15,14 @@ def main(args: argparse.Namespace) -> int:
     except UsageError as e:
         print(f"llmtop: {e}", file=sys.stderr)
         return 2
+    from llmtop.tui import theming
     from llmtop.tui.app import LlmtopApp
+
+    try:
+        theming.resolve(args.theme, {**theming.builtin_themes(), **theming.user_themes()[0]})
+    except theming.ThemeError as e:
+        print(f"llmtop: {e}", file=sys.stderr)
+        return 2
 
     app = LlmtopApp(configure=configure, request=request, theme_name=args.theme)
     app.run()

@@ -33,6 +33,10 @@ def test_package_installs_under_the_llmtop_namespace_only(tmp_path):
     assert not top & {"engine", "tui", "profilers", "themes"}
     for sub in ("engine", "profilers", "tui", "themes"):
         assert (target / "llmtop" / sub / "__init__.py").exists()
-    p = subprocess.run([sys.executable, "-c", "import llmtop.engine.spec, llmtop.cli; import engine"],
+    code = ("import llmtop.engine.spec, llmtop.cli, llmtop.tui.app\n"
+            "from llmtop.tui import theming\n"
+            "assert {'llmtop-dark', 'llmtop-light', 'llmtop-rocm'} <= set(theming.builtin_themes())\n"
+            "import engine")
+    p = subprocess.run([sys.executable, "-c", code],
                        capture_output=True, text=True, env={"PYTHONPATH": str(target)}, cwd="/")
     assert "No module named 'engine'" in p.stderr

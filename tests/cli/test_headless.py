@@ -102,3 +102,10 @@ def test_top_says_why_without_a_gpu():
     p = llmtop("top", "--count", "1")
     assert p.returncode == 1
     assert p.stdout.startswith("# no GPU backend: NVML")
+
+
+def test_unknown_theme_exits_2_with_the_choices():
+    p = llmtop("--theme", "neon")
+    assert p.returncode == 2
+    assert p.stderr.startswith("llmtop: unknown theme 'neon'; choose one of:")
+    assert "llmtop-rocm" in p.stderr and "Traceback" not in p.stderr
