@@ -46,6 +46,8 @@ def main(conn: Connection, log_path: str | None = None) -> None:
 
     threading.Thread(target=read, name="engine-commands", daemon=True).start()
     emit(Status("starting", "importing torch and transformers"))
+    import torch
+
     from . import catalogue, spec
     from .runner import Engine
 
@@ -66,6 +68,11 @@ def main(conn: Connection, log_path: str | None = None) -> None:
             emit(Status("ready" if engine.loaded else "error", str(e)))
         except MemoryError:
             emit(Error("oom", "out of host memory"))
+            emit(Status("ready" if engine.loaded else "error", "out of host memory"))
+        except torch.OutOfMemoryError as e:  # e.g. while loading or preparing a request
+            lines = str(e).strip().splitlines()
+            emit(Error("oom", f"out of device memory: {lines[0] if lines else ''}"[:300]))
+            emit(Status("ready" if engine.loaded else "error", "out of device memory"))
         except Exception as e:  # the owner shows one line; the traceback goes to stderr
             traceback.print_exc()
             lines = str(e).strip().splitlines()
