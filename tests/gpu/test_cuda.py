@@ -39,7 +39,15 @@ def test_every_cuda_attention_kernel_runs(gpu_engine):
     model = next(e for e in seen if isinstance(e, ModelInfo))
     assert model.device.startswith("cuda") and model.synthetic
     for attention in ("eager", "sdpa", "flash", "mem_efficient", "cudnn", "flex"):
-        configure(gpu_engine, attention=attention)
+        gpu_engine.send(Configure(model="synthetic:tiny", device="cuda", dtype="bf16",
+                                  opts={"attention": attention}))
+        ev = wait_for(gpu_engine, lambda e: isinstance(e, (GuardResult, Error)), timeout=600)
+        if isinstance(ev, Error):
+            # a pinned SDPA kernel may refuse tiny's GQA shapes (8 heads, 4 KV heads): seen on
+            # an H100 with torch 2.11; that must be a clean one-line config error
+            assert attention in ("flash", "mem_efficient", "cudnn"), ev
+            assert ev.kind == "config" and "\n" not in ev.message, ev
+            continue
         gpu_engine.send(Generate(run_id=1, prompt_len=64, batch=2, max_new_tokens=8,
                                  ignore_eos=True))
         done = wait_for(gpu_engine, lambda e: isinstance(e, (RunDone, Error)), timeout=300)
