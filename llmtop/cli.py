@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"llmtop {__version__}")
     add_run_options(p)
     p.add_argument("--theme", default=None, help="dashboard theme (see the themes/ folder)")
+    p.add_argument("--record", metavar="FILE", default=None,
+                   help="session file the dashboard records to (default: a new one under "
+                        "~/.cache/llmtop/sessions/); play it with `llmtop replay FILE`")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="generate: the dashboard, or text and a metrics table with --headless",
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--headless", action="store_true", help="no dashboard: text to stdout, then metrics")
     run.add_argument("--json", metavar="FILE", help="write the full run record (every token stamp) here")
     run.add_argument("--theme", default=None, help="dashboard theme")
+    run.add_argument("--record", metavar="FILE", default=None, help="dashboard session file")
 
     info = sub.add_parser("info", help="devices, versions, telemetry, and every optimization's availability")
     info.add_argument("--json", action="store_true", help="machine-readable output")

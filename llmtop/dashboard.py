@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
+from llmtop.engine import spec
 from llmtop.settings import UsageError, configure_from_args, generate_from_args
 
 
@@ -24,6 +26,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"llmtop: {e}", file=sys.stderr)
         return 2
 
-    app = LlmtopApp(configure=configure, request=request, theme_name=args.theme)
+    record = args.record or str(spec.cache_dir() / "sessions" /
+                                time.strftime("session-%Y%m%d-%H%M%S.jsonl"))
+    app = LlmtopApp(configure=configure, request=request, theme_name=args.theme, record=record)
     app.run()
     return app.return_code or 0

@@ -1,8 +1,8 @@
 """`llmtop replay FILE`: play a recorded session in the dashboard, or as text (--headless).
 
 The dashboard (llmtop.tui.app.LlmtopApp) receives a `session_log.ReplaySource` as `replay=`;
-until it accepts one, `llmtop replay` says so in one line and `--headless` plays the session as
-text: the tokens at their recorded pace, then each run's metrics table.
+`--headless` plays the session as text: the tokens at their recorded pace, then each run's
+metrics table.
 """
 
 from __future__ import annotations

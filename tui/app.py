@@ -24,6 +24,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from llmtop.engine import catalogue
+from llmtop.session_log import SessionWriter
 from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, Error, Generate,
                              ModelInfo, RunDone, RunStarted, Status, Stop, Token)
 
@@ -87,8 +88,15 @@ class LlmtopApp(App):
     def __init__(self, configure: Configure | None = None, request: Generate | None = None,
                  theme_name: str | None = None, *, start_engine: bool = True, telemetry: bool = True,
                  client: Any = None, session_dir: str | Path | None = None,
-                 telemetry_hz: float = 4.0) -> None:
+                 telemetry_hz: float = 4.0, record: str | Path | None = None,
+                 replay: Any = None) -> None:
+        """`record`: a JSONL session file the engine events are appended to as they arrive.
+        `replay`: a session_log.ReplaySource played instead of an engine (llmtop replay)."""
         super().__init__()
+        self.replay = replay
+        if replay is not None:
+            start_engine = telemetry = False
+        self.recorder = SessionWriter(record) if record and replay is None else None
         configure = configure or Configure()
         self.desired = Configure(configure.model, configure.device, configure.dtype,
                                  {**catalogue.DEFAULTS, **configure.opts, "dtype": configure.dtype},
@@ -190,7 +198,9 @@ class LlmtopApp(App):
         self.call_after_refresh(self._trace_event, "first_frame")
         if self.telemetry_on:
             self._start_telemetry()
-        if self.client is not None:
+        if self.replay is not None:
+            self._play_replay()
+        elif self.client is not None:
             self._adopt_client(self.client)
         elif self.start_engine:
             self._launch_engine()
@@ -289,6 +299,8 @@ class LlmtopApp(App):
 
     def on_unmount(self) -> None:
         self._closing = True
+        if self.recorder is not None:
+            self.recorder.close()
         if self._sampler is not None:
             self._sampler.stop()
         if self._backend is not None:
@@ -349,8 +361,25 @@ class LlmtopApp(App):
             return  # from an engine we already replaced
         self.handle_event(msg.event)
 
+    @work(thread=True, exclusive=True, group="replay")
+    def _play_replay(self) -> None:
+        """Plays the recorded engine events at their recorded pace (scaled by --speed)."""
+        for delay, message in self.replay.messages():
+            if delay > 0:
+                time.sleep(delay)
+            if isinstance(message, dict):  # the session's own lines: config, telemetry, end
+                kind = message.get("type", "")
+                if kind in ("ReplayStopped", "ReplayEnd"):
+                    text = message.get("problem") or message.get("message") or "replay finished"
+                    self.call_from_thread(self.notify, str(text), timeout=10,
+                                          severity="warning" if kind == "ReplayStopped" else "information")
+                continue
+            self.call_from_thread(self.handle_event, message)
+
     def handle_event(self, ev: Any) -> None:
         """Applies one engine event (tests feed fixed events here, without an engine)."""
+        if self.recorder is not None:
+            self.recorder.event(ev)
         s = self.session
         if isinstance(ev, Token):
             if s.on_token(ev):
