@@ -21,6 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
+from optimizations import until  # the same event wait as the single-GPU benchmark (this folder)
 from llmtop.engine.client import EngineClient
 from llmtop.profilers.gpu import detect_backend
 from llmtop.profilers.sampler import Sampler
@@ -31,16 +32,6 @@ from llmtop.protocol import (Configure, DeviceInfo, Error, Generate, GuardResult
 # ncclKernel_AllGather_...), RCCL on ROCm, and the c10d / gloo ops a CPU profile shows
 COLLECTIVE = re.compile(r"nccl|rccl|gloo|c10d::|all_?reduce|all_?gather|reduce_?scatter|broadcast",
                         re.IGNORECASE)
-
-
-def until(client: EngineClient, types: tuple, timeout: float = 1800) -> tuple[object, list]:
-    seen = []
-    deadline = time.monotonic() + timeout
-    while True:
-        ev = client.get(timeout=max(1.0, deadline - time.monotonic()))
-        seen.append(ev)
-        if isinstance(ev, types):
-            return ev, seen
 
 
 def telemetry(sampler: Sampler, indices: list[int], t0_ns: int, t1_ns: int) -> dict[str, dict]:
