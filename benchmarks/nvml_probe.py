@@ -1,13 +1,17 @@
 """Checks the profilers against a real NVIDIA GPU: run on a CUDA machine, not in CI.
 
-    python benchmarks/nvml_probe.py [--device 0] [--load-s 10] [--json OUT.json]
+    python benchmarks/nvml_probe.py [--device 0] [--load-s 10] [--engine synthetic:llama-2-7b]
+                                    [--json OUT.json]
 
 What it does, on one GPU, with the Sampler at 10 Hz watching this process:
   1. idle for a few seconds (baseline utilization, power, clocks);
   2. allocates a known number of bytes (memory must grow by at least that much);
   3. runs a bf16 matmul loop, stamping each "token" (a batch of matmuls, synchronised) with
      perf_counter_ns like the engine does, and matches every token to the samples around it;
-  4. times backend.sample() alone, and the loop with and without the sampler running.
+  4. times backend.sample() alone, and the loop with and without the sampler running;
+  5. with --engine MODEL: starts the real llmtop engine on that GPU and watches *its* process:
+     GPU memory must grow by at least the model's weight bytes, utilization and power must rise
+     while it generates, and every token (stamped in the engine process) must map to samples.
 Prints each check as PASS / FAIL and exits 1 if any failed; --json writes every number.
 """
 
@@ -52,12 +56,89 @@ def matmul_tokens(device: torch.device, seconds: float, size: int = 8192,
     return tokens, len(tokens) * per_token
 
 
+def engine_checks(backend: NvmlBackend, index: int, args: argparse.Namespace, check, results: dict
+                  ) -> None:
+    """The engine process on the GPU, as the dashboard sees it: memory, load, token alignment."""
+    from llmtop.engine.client import EngineClient
+    from llmtop.protocol import Configure, Error, Generate, GuardResult, ModelInfo, RunDone, Token
+
+    def until(client: EngineClient, types: tuple, seen: list) -> object:
+        while True:
+            ev = client.get(timeout=900)
+            seen.append(ev)
+            if isinstance(ev, types):
+                return ev
+
+    client = EngineClient()
+    client.start()
+    sampler = Sampler(backend, hz=10, pid=client.pid).start()
+    try:
+        time.sleep(2.0)
+        before = sampler.gpu_history(index)[-1]
+        seen: list = []
+        client.send(Configure(args.engine, f"cuda:{index}", "bf16", {"attention": "sdpa"}))
+        ev = until(client, (GuardResult, Error), seen)
+        if isinstance(ev, Error):
+            check("engine configures", False, ev.message)
+            return
+        info = next(e for e in seen if isinstance(e, ModelInfo))
+        time.sleep(1.0)
+        loaded = sampler.gpu_history(index)[-1]
+        grew = loaded.mem_used - before.mem_used
+        own = loaded.process_mem
+        results["engine"] = {"model": info.name, "weight_bytes": info.weight_bytes,
+                             "mem_grew": grew, "engine_process_mem": own}
+        check("engine: memory grows by the weight bytes", grew >= info.weight_bytes,
+              f"+{grew / GIB:.2f} GiB used for {info.weight_bytes / GIB:.2f} GiB of weights "
+              f"({info.name}); the engine process holds "
+              f"{f'{own / GIB:.2f} GiB' if own is not None else 'n/a (pid namespace?)'}")
+        idle = sampler.gpu_history(index)[-5:]
+        run: list = []
+        start = time.perf_counter_ns()
+        client.send(Generate(run_id=1, prompt_len=512, batch=8, max_new_tokens=256,
+                             ignore_eos=True))
+        done = until(client, (RunDone, Error), run)
+        if isinstance(done, Error):
+            check("engine generates", False, done.message)
+            return
+        stamps = [e.t_ns for e in run if isinstance(e, Token)]
+        busy = [s for s in sampler.gpu_history(index) if s.t_ns >= start + 500_000_000]
+        for name, field in (("utilization", "util_pct"), ("power", "power_w")):
+            a, b = mean([getattr(s, field) for s in idle]), mean([getattr(s, field) for s in busy])
+            results["engine"][f"idle_{field}"], results["engine"][f"gen_{field}"] = a, b
+            check(f"engine: {name} rises while it generates", a is not None and b is not None
+                  and b > a, f"idle {a} -> generating {b} ({len(busy)} samples)")
+        spans = list(zip([start] + stamps[:-1], stamps))
+        per_token = [sampler.samples_between(t0, t1, index=index) for t0, t1 in spans]
+        matched = [s for s in per_token if s]
+        # a token of ~25 ms sees a 10 Hz sample only one time in four: the check is that the
+        # samples fall inside the run's token spans, on the engine's clock
+        results["engine"].update(tokens=len(stamps), tokens_with_sample=len(matched),
+                                 tpot_ms=done.record["metrics"]["tpot_ms"])
+        inside = [s.t_ns for s in busy if start <= s.t_ns <= stamps[-1]]
+        check("engine: samples align with the engine's token stamps",
+              len(matched) >= 0.9 * len(inside) and inside,
+              f"{len(stamps)} tokens at {done.record['metrics']['tpot_ms']:.1f} ms TPOT, "
+              f"{len(inside)} samples inside the run, {len(matched)} tokens hold one; "
+              f"power per sampled token {mean([x.power_w for s in matched for x in s])} W, "
+              f"SM clock {mean([x.sm_clock_mhz for s in matched for x in s])} MHz")
+        cost = sampler.cost()
+        results["engine"]["sampler_cost"] = vars(cost)
+        check("engine: sampler cost per poll", cost.mean_ms < 2.0,
+              f"mean {cost.mean_ms:.3f} ms, max {cost.max_ms:.3f} ms over {cost.polls} polls")
+    finally:
+        sampler.stop()
+        client.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", type=int, default=0)
     parser.add_argument("--idle-s", type=float, default=4.0)
     parser.add_argument("--load-s", type=float, default=10.0)
     parser.add_argument("--alloc-gib", type=float, default=8.0)
+    parser.add_argument("--engine", default="", metavar="MODEL",
+                        help="also watch the llmtop engine generating with MODEL on this GPU")
     parser.add_argument("--json", help="write every measured number here")
     args = parser.parse_args()
 
@@ -140,6 +221,11 @@ def main() -> int:
     results.update(matmuls_bare_3s=bare, matmuls_watched_3s=watched, overhead=overhead)
     check("watching does not slow the GPU", overhead < 0.02,
           f"{bare} matmuls alone vs {watched} with the sampler ({overhead:+.2%})")
+
+    del ballast
+    torch.cuda.empty_cache()
+    if args.engine:
+        engine_checks(backend, index, args, check, results)
 
     unsupported = [f for f, v in vars(load[-1]).items() if v is None]
     results["fields_none_under_load"] = unsupported

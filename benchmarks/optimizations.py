@@ -27,6 +27,7 @@ CONFIGS = {
     "cudnn": {"attention": "cudnn"},
     "flex": {"attention": "flex"},
     "static": {"attention": "sdpa", "kv": "static"},
+    "paged": {"attention": "sdpa", "kv": "paged"},
     "tunableop": {"attention": "sdpa", "gemm": "tunableop"},
     "compile_layers": {"attention": "sdpa", "compile": "layers"},
     "compile_full": {"attention": "sdpa", "kv": "static", "compile": "full"},

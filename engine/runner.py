@@ -93,10 +93,13 @@ class Engine:
         phase = "compiling" if opts["compile"] != "off" else "warming"
         if opts["gemm"] == "tunableop" and phase == "warming":
             phase = "tuning"
+        tuning = self._tuning_watch()
         try:
             with self._heartbeat(phase, "correctness guard on the check prompt"):
                 current = self._trace(opts["attention"], opts["kv"] == "static",
                                       opts["kv"] == "paged")
+            if tuning is not None:
+                tuning.check("during the correctness check")
         except RuntimeError as e:
             # e.g. a pinned SDPA kernel that refuses this model's shapes (GQA, head size)
             self.config = old if not reload else None
@@ -138,7 +141,15 @@ class Engine:
             # one graph per batch size and static-cache bucket (prefill and decode): more than
             # the default limit of 8, which would drop later shapes to eager without a word
             torch._dynamo.config.recompile_limit = 64
-            self.decoder = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+            self.decoder = watch.GraphWatch(
+                torch.compile(model.forward, mode="reduce-overhead", fullgraph=True), self.emit)
+
+    def _tuning_watch(self) -> watch.TuningWatch | None:
+        """A TunableOp watch when this configuration tunes GEMMs, else None."""
+        if (self.loaded is not None and self.loaded.device.startswith("cuda")
+                and torch.cuda.tunable.is_enabled()):
+            return watch.TuningWatch(self.emit)
+        return None
 
     def _rank_lost(self, why: str) -> None:
         self.emit(Error("engine_dead", why, recoverable=True))
@@ -220,6 +231,7 @@ class Engine:
         stamps: list[int] = []
         stopped = ""
         profiler = None
+        tuning = self._tuning_watch()
         if req.profile_steps > 0 and self.ranks.rank == 0:
             profiler = StepProfiler(req.run_id, req.profile_steps, cfg.device)
             profiler.start()
@@ -233,9 +245,13 @@ class Engine:
                             tokens[r].append({"index": step.index, "id": tid, "text": text,
                                               "t_ns": step.t_ns})
                     self.emit(Token(req.run_id, step.index, step.ids, texts, step.t_ns))
+                    if tuning is not None:
+                        tuning.check(f"by token {step.index}")
                     if profiler is not None and profiler.tick():
                         self.emit(profiler.finish())
                         profiler = None
+            if tuning is not None:
+                tuning.summary(f"run {req.run_id}", len(stamps))
             if self.stop.is_set():
                 stopped = "stop"
         except torch.OutOfMemoryError:

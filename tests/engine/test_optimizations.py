@@ -122,3 +122,27 @@ def test_paged_kv_runs_in_a_live_engine_with_the_guard(engine_factory):
     assert rec["config"]["opts"]["kv"] == "paged" and rec["paged"]
     assert [t["id"] for t in rec["tokens"][0]] == [t["id"] for t in rec["tokens"][1]]
     assert rec["metrics"]["n_tokens"] == 8
+
+
+def test_graph_watch_times_a_new_shapes_first_calls_only():
+    """compile=full's decode step: the first call per shape is the compile (an event with its
+    duration); on a CPU there is no graph to capture, so later calls pass straight through."""
+    import torch
+
+    from llmtop.engine.watch import GraphWatch
+
+    events: list[EngineEvent] = []
+    calls: list[tuple] = []
+
+    def step(**kw):
+        calls.append(tuple(kw["input_ids"].shape))
+        return kw["input_ids"] + 1
+
+    watched = GraphWatch(step, events.append)
+    for batch in (1, 1, 1, 2):
+        out = watched(input_ids=torch.zeros(batch, 1), attention_mask=torch.ones(batch, 256))
+        assert out.shape == (batch, 1) and float(out.sum()) == batch
+    assert calls == [(1, 1), (1, 1), (1, 1), (2, 1)]
+    assert [e.kind for e in events] == ["compile", "compile"]
+    assert "batch 1, cache 256" in events[0].detail and "batch 2" in events[1].detail
+    assert events[0].detail.endswith(" ms")

@@ -68,3 +68,48 @@ def test_static_cache_with_cuda_graphs_matches_dynamic(gpu_engine):
     assert done["config"]["opts"]["compile"] == "full"
     k = next((i for i, (a, b) in enumerate(zip(ids(ref), ids(done))) if a != b), None)
     assert k is None or k >= 4, (ids(ref), ids(done))  # bf16 near-ties may flip late
+
+
+def test_graph_capture_and_tuning_are_events(gpu_engine):
+    """The trace's markers: compile=full says when it compiled and captured a decode graph, with
+    durations; TunableOp says when and how much it tuned."""
+    from llmtop.protocol import EngineEvent
+
+    seen = configure(gpu_engine, attention="sdpa", kv="static", compile="full")
+    kinds = [e.kind for e in seen if isinstance(e, EngineEvent)]
+    assert "compile" in kinds and "capture" in kinds, kinds
+    gpu_engine.send(Generate(run_id=4, prompt_len=32, batch=3, max_new_tokens=8, ignore_eos=True))
+    run: list = []
+    wait_for(gpu_engine, lambda e: isinstance(e, RunDone), timeout=600, seen=run)
+    capture = [e for e in run if isinstance(e, EngineEvent) and e.kind == "capture"]
+    assert capture and "batch 3" in capture[0].detail, run  # a new batch size, captured mid-run
+    seen = configure(gpu_engine, attention="eager", kv="dynamic", compile="off", gemm="tunableop")
+    tuned = [e for e in seen if isinstance(e, EngineEvent) and e.kind == "tuning"]
+    assert tuned and "TunableOp tuned" in tuned[0].detail, seen
+    gpu_engine.send(Generate(run_id=5, prompt_len=32, max_new_tokens=8, ignore_eos=True))
+    run = []
+    wait_for(gpu_engine, lambda e: isinstance(e, RunDone), timeout=600, seen=run)
+    # eager attention's score matmuls grow with the KV length: new shapes on every step
+    assert any(isinstance(e, EngineEvent) and e.kind == "tuning" for e in run), run
+
+
+def test_step_profile_and_paged_on_cuda(gpu_engine):
+    from llmtop.protocol import StepProfile
+
+    configure(gpu_engine, attention="sdpa", kv="dynamic", compile="off", gemm="default")
+    gpu_engine.send(Generate(run_id=6, prompt_len=64, max_new_tokens=16, ignore_eos=True,
+                             profile_steps=4))
+    run: list = []
+    wait_for(gpu_engine, lambda e: isinstance(e, RunDone), timeout=600, seen=run)
+    prof = next(e for e in run if isinstance(e, StepProfile))
+    assert prof.device == "gpu" and prof.steps == 5 and prof.top_kernels
+    assert 0 < prof.busy_ms <= prof.step_ms + 1e-6
+    import json
+    from pathlib import Path
+    assert json.loads(Path(prof.trace_path).read_text())["traceEvents"]
+    configure(gpu_engine, attention="sdpa", kv="paged")
+    gpu_engine.send(Generate(run_id=7, prompt_len=64, batch=4, max_new_tokens=16,
+                             ignore_eos=True))
+    done = wait_for(gpu_engine, lambda e: isinstance(e, (RunDone, Error)), timeout=600)
+    assert isinstance(done, RunDone), done
+    assert done.record["metrics"]["n_tokens"] == 16 and len(done.record["tokens"]) == 4

@@ -14,7 +14,8 @@ from textual_plotext import PlotextPlot
 from .base import Coalesced
 
 MARKER_LABEL = {"config": "cfg", "recompile": "recompile", "recompile_limit": "recompile limit",
-                "graph_break": "graph break", "cudagraph": "CUDA graphs", "capture": "graphs",
+                "graph_break": "graph break", "cudagraph": "CUDA graphs", "capture": "graph capture",
+                "compile": "compile",
                 "tuning": "tune"}
 
 
