@@ -43,6 +43,12 @@ case "${1:-}" in
       --json "$OUT/nvml_probe.json" 2>&1 | grep -E "PASS|FAIL|n/a"
     timeout 130 python3 benchmarks/dashboard_overhead.py --model synthetic:llama-2-7b --device cuda \
       --max-new-tokens 128 --runs 3 --headless 2 --rounds 1 --json "$OUT/dashboard_overhead.json" 2>&1 | tail -15 ;;
+  recheck)  # the GPU tests, step profiles and NVML-with-engine after the first checks' fixes
+    timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_cuda.py 2>&1 \
+      | tee "$OUT/gpu_tests.log" | tail -15
+    timeout 200 python3 benchmarks/step_profiles.py --out "$OUT" 2>&1 | head -14
+    timeout 100 python3 benchmarks/nvml_probe.py --load-s 6 --engine synthetic:llama-2-7b \
+      --json "$OUT/nvml_probe.json" 2>&1 | grep -E "PASS|FAIL|n/a" ;;
   study)
     STUDY_BUDGET_S=${STUDY_BUDGET_S:-510} LLMTOP="python3 -m llmtop" benchmarks/study_sweep.sh /tmp/study \
       --config max:attention=sdpa,kv=static,compile=full 2>&1 | tail -25
@@ -50,6 +56,6 @@ case "${1:-}" in
   tp)  # needs 2 GPUs (nvidia-h100-x2): TP=2 tokens vs TP=1, then TTFT/TPOT/collectives/telemetry
     python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_tp_gpu.py 2>&1 | tail -3
     python3 benchmarks/tp_compare.py --out "$OUT" 2>&1 | tail -12 ;;
-  *) echo "parts: foundation opt-a opt-b opt-c configs checks study tp"; exit 2 ;;
+  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study tp"; exit 2 ;;
 esac
 cp "$LLMTOP_CACHE/engine.log" "$OUT/engine.log" 2>/dev/null

@@ -53,6 +53,11 @@ def profile_table(p: StepProfile) -> str:
             f"{'kernel':<60} {'calls':>6} {'ms':>9} {'%':>6}"]
     for k in p.top_kernels[:10]:
         rows.append(f"{k['name'][:60]:<60} {k['calls']:>6} {k['device_ms']:>9.2f} {k['pct']:>5.1f}%")
+    if p.device == "gpu" and p.top_host_ops:
+        rows.append(f"{'host op (own CPU time: launches, dispatch, plan building)':<60} {'calls':>6} "
+                    f"{'ms':>9} {'%':>6}")
+        for k in p.top_host_ops[:8]:
+            rows.append(f"{k['name'][:60]:<60} {k['calls']:>6} {k['cpu_ms']:>9.2f} {k['pct']:>5.1f}%")
     rows.append(f"trace: {p.trace_path} (open in https://ui.perfetto.dev)")
     return "\n".join(rows)
 

@@ -163,6 +163,8 @@ class StepProfile:
     idle_ms: float
     top_kernels: list[dict[str, Any]]  # name, calls, device_ms, pct
     trace_path: str
+    # host ops by their own CPU time (name, calls, cpu_ms, pct): where an idle GPU's time goes
+    top_host_ops: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

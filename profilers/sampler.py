@@ -28,18 +28,25 @@ class Tick:
     t_ns: int
     gpus: list[GpuSample] = field(default_factory=list)
     host: HostSample | None = None
-    cost_ms: float = 0.0
+    cost_ms: float = 0.0   # CPU time the poll took on the sampler thread (user + system)
+    wall_ms: float = 0.0   # its wall time: adds waits for the driver and for the GIL
     error: str | None = None
 
 
 @dataclass
 class PollCost:
-    """The sampler's own cost over its recent polls (the cost window)."""
+    """The sampler's own cost over its recent polls (the cost window).
+
+    The cost is the CPU time a poll takes from the machine. Its wall time is longer whenever
+    the process's other threads hold the GIL (a busy engine or UI thread): that is latency of
+    the reading, not load on the machine, so it is kept apart as `wall_mean_ms`.
+    """
 
     polls: int
     mean_ms: float
     max_ms: float
     last_ms: float
+    wall_mean_ms: float = 0.0
 
 
 class Sampler:
@@ -78,6 +85,7 @@ class Sampler:
     def poll(self) -> Tick:
         """One poll, stored and published; the thread calls this, tests may too."""
         start = time.perf_counter_ns()
+        cpu_start = time.thread_time_ns()
         tick = Tick(t_ns=start)
         try:
             tick.gpus = self.backend.sample(self.pid)
@@ -85,13 +93,14 @@ class Sampler:
         except Exception as exc:  # a vendor library hiccup must not kill the thread
             tick.error = f"{type(exc).__name__}: {exc}"
             self.last_error = tick.error
-        tick.cost_ms = (time.perf_counter_ns() - start) / 1e6
+        tick.cost_ms = (time.thread_time_ns() - cpu_start) / 1e6
+        tick.wall_ms = (time.perf_counter_ns() - start) / 1e6
         with self._lock:
             for s in tick.gpus:
                 self._gpu.setdefault(s.index, deque(maxlen=self._host.maxlen)).append(s)
             if tick.host is not None:
                 self._host.append(tick.host)
-            self._costs.append(tick.cost_ms)
+            self._costs.append((tick.cost_ms, tick.wall_ms))
             self._polls += 1
         self._publish(tick)
         return tick
@@ -138,8 +147,9 @@ class Sampler:
             polls = self._polls
         if not costs:
             return PollCost(polls=0, mean_ms=0.0, max_ms=0.0, last_ms=0.0)
-        return PollCost(polls=polls, mean_ms=sum(costs) / len(costs), max_ms=max(costs),
-                        last_ms=costs[-1])
+        cpu = [c for c, _ in costs]
+        return PollCost(polls=polls, mean_ms=sum(cpu) / len(cpu), max_ms=max(cpu),
+                        last_ms=cpu[-1], wall_mean_ms=sum(w for _, w in costs) / len(costs))
 
     def gpu_history(self, index: int) -> list[GpuSample]:
         """Every buffered sample of one GPU, oldest first."""

@@ -74,14 +74,28 @@ def test_default_rate_is_10_hz_and_slow_rates_still_stop_at_once():
 
 
 def test_measures_its_own_cost_per_poll():
+    """Cost is the CPU a poll burns; waiting (a slow driver, another thread's GIL) is wall."""
     sampler = Sampler(StubBackend(delay_s=0.005))
     for _ in range(4):
         sampler.poll()
     cost = sampler.cost()
     assert cost.polls == 4
-    assert 5.0 <= cost.mean_ms <= cost.max_ms < 100
-    assert cost.last_ms >= 5.0
+    assert cost.wall_mean_ms >= 5.0 and cost.mean_ms < 5.0
     assert Sampler(StubBackend()).cost().polls == 0
+
+    class Spinning(StubBackend):
+        def sample(self, pid=None):
+            end = time.thread_time() + 0.005
+            while time.thread_time() < end:
+                pass
+            return super().sample(pid)
+
+    busy = Sampler(Spinning())
+    for _ in range(4):
+        busy.poll()
+    cost = busy.cost()
+    assert 5.0 <= cost.mean_ms <= cost.max_ms < 100 and cost.last_ms >= 5.0
+    assert cost.wall_mean_ms >= cost.mean_ms * 0.9
 
 
 def test_ring_buffers_keep_the_newest(monkeypatch):

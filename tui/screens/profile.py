@@ -59,8 +59,21 @@ class ProfileScreen(ModalScreen):
         for k in p.top_kernels:
             table.add_row(str(k.get("name", "")), str(k.get("calls", "")),
                           f"{k.get('device_ms', 0):.3f}", f"{k.get('pct', 0):.1f}")
+        host = None
+        if p.device == "gpu" and getattr(p, "top_host_ops", None):
+            host = Table(box=box.SIMPLE_HEAD, expand=True, header_style=f"bold {v['primary']}")
+            host.add_column("host op (own CPU time: dispatch, launches, plan building)",
+                            overflow="ellipsis", no_wrap=True, ratio=1)
+            host.add_column("calls", justify="right")
+            host.add_column("CPU ms", justify="right")
+            host.add_column("% of host time", justify="right")
+            for k in p.top_host_ops[:8]:
+                host.add_row(str(k.get("name", "")), str(k.get("calls", "")),
+                             f"{k.get('cpu_ms', 0):.3f}", f"{k.get('pct', 0):.1f}")
         tail = Text(f"trace: {p.trace_path} (open in Perfetto or chrome://tracing)", style="dim")
         with VerticalScroll():
             yield Static(head)
             yield Static(table)
+            if host is not None:
+                yield Static(host)
             yield Static(tail)

@@ -102,6 +102,7 @@ class GpuPanel(Static, Coalesced):
             except Exception as e:  # the recommender must never take the panel down
                 out.append(f"  (no TP recommendation: {e})\n", style="dim")
         if tel.cost is not None and tel.cost.polls:
-            out.append(f"telemetry poll {tel.cost.mean_ms:.2f} ms mean, {tel.cost.max_ms:.2f} ms max",
+            out.append(f"telemetry poll {tel.cost.mean_ms:.2f} ms CPU mean ({tel.cost.max_ms:.2f} max, "
+                       f"{tel.cost.wall_mean_ms:.2f} ms wall)",
                        style="dim")
         update_static(self, out)
