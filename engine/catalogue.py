@@ -77,6 +77,10 @@ def conflicts(opts: dict[str, str]) -> str | None:
         return "kv=paged runs through continuous batching, which llmtop does not compile"
     if opts.get("backend") == "vllm" and opts.get("attention") not in ("sdpa", "flash"):
         return "backend=vllm brings its own attention kernels: leave attention at sdpa"
+    if opts.get("backend") == "vllm" and opts.get("compile") != "off":
+        return "backend=vllm compiles and captures its own CUDA graphs: leave compile=off"
+    if opts.get("backend") == "vllm" and opts.get("kv") == "static":
+        return "backend=vllm manages its own paged KV cache: leave kv at dynamic or paged"
     return None
 
 
@@ -128,11 +132,10 @@ def availability(device: str) -> dict[str, dict[str, Availability]]:
     table["dtype"]["fp16"] = Availability(True, "" if cuda else "fp16 matmuls are slow on most CPUs")
     table["dtype"]["fp32"] = Availability(True)
     table["backend"]["hf"] = Availability(True)
-    if importlib.util.find_spec("vllm") is None:
-        table["backend"]["vllm"] = Availability(False, "vLLM not installed (pip install vllm)")
-    else:  # engine/vllm_backend.py is tested against vLLM's API, not yet on a GPU
-        table["backend"]["vllm"] = Availability(
-            False, "the vLLM adapter is not yet verified on a GPU, so not selectable")
+    from .vllm_backend import vllm_available
+
+    ok, why = vllm_available(device)
+    table["backend"]["vllm"] = Availability(ok, why or "vLLM's engine: paged attention, CUDA graphs")
     return table
 
 

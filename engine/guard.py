@@ -69,6 +69,18 @@ def trace_paged(model: Any, tokenizer: Any, device: str) -> Trace:
     return Trace([s.ids[0] for s in steps], [])
 
 
+def trace_vllm(engine: Any, tokenizer: Any, cfg: Any, device: str) -> Trace:
+    """The check prompt through vLLM (backend=vllm): ids only, as with the paged path."""
+    from .paged import unpadded_rows
+
+    req = Generate(prompt=CHECK_PROMPT if tokenizer is not None else None,
+                   prompt_len=None if tokenizer is not None else 16, max_new_tokens=CHECK_TOKENS)
+    inputs = generate.prepare(req, tokenizer, cfg.vocab_size, cfg.max_position_embeddings, device)
+    steps = engine.generate_steps(unpadded_rows(inputs), CHECK_TOKENS, generate.Sampling(), True,
+                                  lambda: False, set())
+    return Trace([s.ids[0] for s in steps], [])
+
+
 def compare(baseline: Trace, current: Trace) -> GuardResult:
     """Where the greedy ids first differ; the logit gap there when both traces have logits."""
     with_logits = bool(baseline.logits and current.logits)

@@ -39,6 +39,7 @@ class Engine:
         self.baseline: guard.Trace | None = None
         self.guard: GuardResult | None = None
         self.decoder: Any = None   # the compiled decode step (compile=full), else None
+        self.vllm: Any = None      # backend=vllm: a vllm_backend.VllmEngine
         watch.install(emit)
 
     # ---- configuration ------------------------------------------------------------------
@@ -64,11 +65,14 @@ class Engine:
         reload = (old is None or self.loaded is None or
                   (old.model, old.device, old.dtype, old.tp) !=
                   (cfg.model, cfg.device, cfg.dtype, cfg.tp) or
-                  old.opts.get("compile") != opts["compile"])
+                  old.opts.get("compile") != opts["compile"] or
+                  old.opts.get("backend", "hf") != opts["backend"])
+        vllm = opts["backend"] == "vllm"  # vLLM runs its own tensor parallelism
         if reload:
             self._unload()
             # rank 0 starts or ends followers to match cfg.tp (a follower keeps its group)
-            self.ranks = tp.resize(self.ranks, cfg.tp, cfg.device, self._rank_lost)
+            self.ranks = tp.resize(self.ranks, 1 if vllm else cfg.tp, cfg.device,
+                                   self._rank_lost)
         self.ranks.mirror(cfg)  # followers run this same configure from here on, in lockstep
         if reload:
             with self._heartbeat("loading", f"loading {spec.name} on {cfg.device}"):
@@ -77,6 +81,8 @@ class Engine:
             self.baseline = self._trace("eager", False)
             self.emit(Status("warming", "measuring the device's bandwidth and FLOP/s ceilings"))
             self.ceilings = ceilings.get(cfg.device, models.DTYPES[cfg.dtype])
+            if vllm:
+                self._start_vllm(cfg)
         model = self.loaded.model
         model.set_attn_implementation(catalogue.ATTENTION_IMPL[opts["attention"]][0])
         if cfg.device.startswith("cuda"):
@@ -114,7 +120,25 @@ class Engine:
         self.emit(self.guard)
         self.emit(Status("ready", f"{spec.name} on {cfg.device}"))
 
+    def _start_vllm(self, cfg: Configure) -> None:
+        """vLLM's engine for the loaded model. transformers' copy, kept for the guard's baseline
+        and the model's shape figures, moves to the meta device so its memory is vLLM's."""
+        from . import vllm_backend
+
+        with self._heartbeat("loading", "starting vLLM's engine"):
+            source, extra = vllm_backend.model_source(
+                self.loaded, specs.cache_dir() / "vllm" / self.loaded.spec.name.replace(":", "-"))
+            self.loaded.model.to("meta")
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.vllm = vllm_backend.VllmEngine(source, cfg.dtype, tensor_parallel_size=cfg.tp,
+                                                **extra)
+
     def _trace(self, attention: str, static: bool, paged_kv: bool = False) -> guard.Trace:
+        if self.vllm is not None:
+            return guard.trace_vllm(self.vllm, self.loaded.tokenizer, self.loaded.model.config,
+                                    self.loaded.device)
         model = self.loaded.model
         if paged_kv:  # continuous batching gives ids, not logits: the guard compares ids
             return guard.trace_paged(model, self.loaded.tokenizer, self.loaded.device)
@@ -162,6 +186,9 @@ class Engine:
     def _unload(self) -> None:
         self.loaded = None
         self.decoder = None
+        if self.vllm is not None:
+            self.vllm.close()
+            self.vllm = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -213,7 +240,8 @@ class Engine:
             gen = torch.Generator(device=cfg.device).manual_seed(req.seed)
         sampling = generate.Sampling(req.sample, req.temperature, req.top_p, req.top_k, gen)
         static_len = self._static_len(inputs.prompt_tokens + req.max_new_tokens)
-        paged_run = cfg.opts["kv"] == "paged"  # continuous batching brings its own paged cache
+        # continuous batching and vLLM bring their own paged caches
+        paged_run = cfg.opts["kv"] == "paged" or self.vllm is not None
         cache = (None if paged_run else
                  StaticCache(config=mcfg, max_cache_len=static_len) if static_len
                  else DynamicCache(config=mcfg))
@@ -221,7 +249,10 @@ class Engine:
         eos = _eos_ids(model, tok)
         should_stop = self.ranks.agree(self.stop.is_set)
         paged_info: dict[str, Any] = {}
-        if paged_run:
+        if self.vllm is not None:
+            steps = self.vllm.generate_steps(paged.unpadded_rows(inputs), req.max_new_tokens,
+                                             sampling, req.ignore_eos, should_stop, eos)
+        elif paged_run:
             steps = paged.run_paged(model, inputs, req.max_new_tokens, sampling, eos,
                                     req.ignore_eos, should_stop, info=paged_info)
         else:

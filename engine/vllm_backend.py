@@ -20,6 +20,7 @@ import itertools
 import multiprocessing
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .generate import Sampling
@@ -28,15 +29,47 @@ from .paged import PagedStep, StepAssembler
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def vllm_available() -> tuple[bool, str]:
-    """Whether backend=vllm can run here, and if not, why (one line). Does not import vllm."""
+def vllm_available(device: str = "cuda") -> tuple[bool, str]:
+    """Whether backend=vllm can run on `device` here, and if not, why (one line).
+
+    vLLM is built for one platform (CUDA, ROCm or CPU): `vllm.platforms.current_platform` says
+    which, and only that device can run it. Looked up only when vLLM is installed.
+    """
     if importlib.util.find_spec("vllm") is None:
         return False, "vLLM not installed (pip install vllm)"
-    import torch
+    from vllm.platforms import current_platform
 
-    if not torch.cuda.is_available():
-        return False, "vLLM needs a CUDA or ROCm GPU (none visible to torch)"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return False, "vLLM needs a CUDA or ROCm GPU (none visible to torch)"
+        if not (current_platform.is_cuda() or current_platform.is_rocm()):
+            return False, f"this vLLM is built for {current_platform.device_type}, not CUDA/ROCm"
+        return True, ""
+    if not current_platform.is_cpu():
+        return False, f"this vLLM is built for {current_platform.device_type}, not the CPU"
     return True, ""
+
+
+def model_source(loaded: Any, folder: Path) -> tuple[str, dict[str, Any]]:
+    """What vLLM loads for the model llmtop loaded: its checkpoint folder, or for a synthetic
+    shape its config (and tokenizer) written to `folder` with vLLM's random "dummy" weights."""
+    spec = loaded.spec
+    if spec.kind == "synthetic":
+        folder.mkdir(parents=True, exist_ok=True)
+        loaded.model.config.save_pretrained(folder)
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(folder)
+        return str(folder), {"load_format": "dummy",
+                             "skip_tokenizer_init": loaded.tokenizer is None}
+    if spec.kind == "embedded":
+        from .models import convert_embedded
+
+        return str(convert_embedded(lambda *_: None)), {}
+    if spec.kind == "gguf":  # vLLM reads the GGUF file, the tokenizer from the folder beside it
+        return spec.path, {"tokenizer": str(Path(spec.path).parent)}
+    return spec.path, {}
 
 
 def sampling_params(sampling: Sampling, max_new_tokens: int, ignore_eos: bool,

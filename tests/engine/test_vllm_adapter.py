@@ -45,8 +45,11 @@ PROMPTS = [[1, 450, 10487, 25523], [1, 15043, 29892, 590, 1024, 338], [1, 7], [1
 
 
 def test_availability_says_why(fake_vllm, monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_PLATFORM", "cuda")  # a CUDA build of vLLM
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert vllm_backend.vllm_available() == (True, "")
+    assert vllm_backend.vllm_available("cuda") == (True, "")
+    ok, why = vllm_backend.vllm_available("cpu")
+    assert not ok and why == "this vLLM is built for cuda, not the CPU"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     ok, why = vllm_backend.vllm_available()
     assert not ok and "GPU" in why and "\n" not in why
@@ -159,3 +162,56 @@ def test_tensor_parallel_in_a_daemonic_process_is_refused_up_front(fake_vllm, mo
     import os
 
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+
+
+def test_a_cpu_build_runs_on_the_cpu_only(fake_vllm, monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_PLATFORM", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert vllm_backend.vllm_available("cpu") == (True, "")
+    ok, why = vllm_backend.vllm_available("cuda")
+    assert not ok and why == "this vLLM is built for cpu, not CUDA/ROCm"
+
+
+def test_backend_vllm_behind_the_engine_interface(tmp_path, monkeypatch, engine_factory):
+    """A real engine process with (fake) vLLM installed: backend=vllm is selectable, the guard
+    compares vLLM's greedy ids with the transformers baseline, runs stream Token events with
+    stamps and end in the same record; switching back reloads transformers."""
+    from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, Error, Generate,
+                                 GuardResult, RunDone, Token)
+
+    from ..conftest import wait_for
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "vllm").symlink_to(FAKE, target_is_directory=True)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))  # the spawned engine inherits sys.path
+    engine = engine_factory(Configure(model="synthetic:tiny", device="cpu", dtype="fp32"))
+    engine.send(Configure(model="synthetic:tiny", device="cpu", dtype="fp32",
+                          opts={"backend": "vllm", "compile": "full", "kv": "static"}))
+    refused = wait_for(engine, lambda e: isinstance(e, Error))
+    assert refused.kind == "config" and "backend=vllm" in refused.message
+    engine.send(Configure(model="synthetic:tiny", device="cpu", dtype="fp32",
+                          opts={"backend": "vllm"}))
+    seen: list = []
+    guard = wait_for(engine, lambda e: isinstance(e, (GuardResult, Error)), timeout=300, seen=seen)
+    assert isinstance(guard, GuardResult), guard
+    info = next(e for e in seen if isinstance(e, DeviceInfo))
+    assert info.options["backend"]["vllm"]["ok"]
+    applied = next(e for e in seen if isinstance(e, ConfigApplied))
+    assert applied.config["opts"]["backend"] == "vllm" and applied.how == "loaded"
+    # the fake's formula is not tiny's random weights: the guard must say where they part
+    assert guard.status == "diverged" and guard.diverged_at == 0
+    engine.send(Generate(run_id=1, prompt_len=12, batch=3, max_new_tokens=6, ignore_eos=True))
+    run: list = []
+    done = wait_for(engine, lambda e: isinstance(e, (RunDone, Error)), timeout=120, seen=run)
+    assert isinstance(done, RunDone), done
+    tokens = [e for e in run if isinstance(e, Token)]
+    assert len(tokens) == 6 and all(len(t.ids) == 3 for t in tokens)
+    assert all(a.t_ns <= b.t_ns for a, b in zip(tokens, tokens[1:]))
+    assert done.record["config"]["opts"]["backend"] == "vllm"
+    assert done.record["metrics"]["n_tokens"] == 6 and len(done.record["tokens"]) == 3
+    ids = [t["id"] for t in done.record["tokens"][0]]
+    assert ids[1:] != ids[:-1]  # the fake's tokens, not a repeated pad
+    engine.send(Configure(model="synthetic:tiny", device="cpu", dtype="fp32",
+                          opts={"backend": "hf", "attention": "eager"}))
+    back = wait_for(engine, lambda e: isinstance(e, (GuardResult, Error)), timeout=300)
+    assert isinstance(back, GuardResult) and back.status == "identical", back
