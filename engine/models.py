@@ -92,17 +92,43 @@ def synthetic_tokenizer() -> Any | None:
     return None
 
 
-def build_synthetic(shape: str, device: str, dtype: torch.dtype, attn: str) -> Any:
-    """Random weights built directly on the device in the target dtype (never fp32 on host)."""
+def build_synthetic(shape: str, device: str, dtype: torch.dtype, attn: str,
+                    shard_first: int = 1) -> Any:
+    """Random weights built directly on the device in the target dtype (never fp32 on host).
+
+    `shard_first` > 1 (a tensor-parallel rank): the model is sharded while still on the meta
+    device, so this rank only ever allocates and initialises its own slices (DTensor's random
+    ops keep the ranks consistent). That is how a 70B shape loads on GPUs that cannot hold it
+    whole; its weights differ from the tp=1 build's, so it is used only when they must.
+    """
     cfg = LlamaConfig(**specs.SYNTHETIC_SHAPES[shape], rms_norm_eps=1e-5,
                       attn_implementation=attn, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     with torch.device("meta"):
         model = LlamaForCausalLM._from_config(cfg, dtype=dtype)
+    if shard_first > 1:
+        model = tensor_parallel.shard(model, shard_first)
     model.to_empty(device=device)
     torch.manual_seed(0)
     with torch.device(device):
         model.initialize_weights()  # also recomputes the rotary buffers to_empty left as garbage
     return model
+
+
+def synthetic_bytes(shape: str, dtype: torch.dtype) -> int:
+    """Weight bytes of a synthetic shape, counted on the meta device (nothing allocated)."""
+    cfg = LlamaConfig(**specs.SYNTHETIC_SHAPES[shape])
+    with torch.device("meta"):
+        model = LlamaForCausalLM._from_config(cfg, dtype=dtype)
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def fits_whole(shape: str, device: str, dtype: torch.dtype) -> bool:
+    """Whether a rank can build the whole synthetic model before keeping its slice: on a GPU,
+    within 80% of its free memory (Llama-2-70B's 138 GB cannot on an 80 GB H100)."""
+    if not device.startswith("cuda"):
+        return True
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return synthetic_bytes(shape, dtype) < 0.8 * free
 
 
 def load(spec: specs.ModelSpec, device: str, dtype: str, attn: str,
@@ -114,9 +140,12 @@ def load(spec: specs.ModelSpec, device: str, dtype: str, attn: str,
     torch_dtype = DTYPES[dtype]
     if spec.kind == "synthetic":
         progress(f"building random weights for {spec.name} on {device}", 0.1)
-        model = build_synthetic(spec.path, device, torch_dtype, attn)
-        if tp > 1:  # same seed on every rank: the full weights of tp=1, then this rank's slice
-            model = tensor_parallel.shard(model, tp)
+        if tp > 1 and not fits_whole(spec.path, device, torch_dtype):
+            model = build_synthetic(spec.path, device, torch_dtype, attn, shard_first=tp)
+        else:
+            model = build_synthetic(spec.path, device, torch_dtype, attn)
+            if tp > 1:  # same seed on every rank: the full weights of tp=1, then this rank's slice
+                model = tensor_parallel.shard(model, tp)
         tokenizer = synthetic_tokenizer()
     else:
         if spec.kind == "embedded":
