@@ -232,17 +232,26 @@ def to_csv(results: dict[str, Any], path: Path) -> None:
 
 
 def _groups(results: dict[str, Any]) -> list[tuple[tuple, list[dict[str, Any]]]]:
+    """Points per (prompt, new tokens): one pair of charts each. Tensor-parallel sizes share a
+    chart, one line per configuration and size (the study's TP=4 vs TP=8 comparison)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for p in results["points"]:
-        groups.setdefault((p["tp"], p["prompt_len"], p["new_tokens"]), []).append(p)
+        groups.setdefault((p["prompt_len"], p["new_tokens"]), []).append(p)
     return sorted(groups.items())
 
 
+def _tp_note(points: list[dict[str, Any]]) -> str:
+    sizes = {p["tp"] for p in points}
+    return f", tp {sizes.pop()}" if len(sizes) == 1 and max(sizes) > 1 else ""
+
+
 def _series(points: list[dict[str, Any]], metric: str) -> dict[str, tuple[list[int], list[float]]]:
+    several_tp = len({p["tp"] for p in points}) > 1
     out: dict[str, tuple[list[int], list[float]]] = {}
     for p in points:
         if p["status"] == "ok" and p.get(metric) is not None:
-            xs, ys = out.setdefault(p["config"], ([], []))
+            name = f"{p['config']} tp{p['tp']}" if several_tp else p["config"]
+            xs, ys = out.setdefault(name, ([], []))
             xs.append(p["batch"])
             ys.append(p[metric])
     return out
@@ -252,8 +261,8 @@ CHARTS = (("ttft_ms", "prefill", "Prefill latency (TTFT)"), ("tpot_ms", "decode"
 
 
 def _chart_name(kind: str, group: tuple, several: bool) -> str:
-    tp, plen, new = group
-    return f"{kind}_vs_batch" + (f"_tp{tp}_p{plen}_n{new}" if several else "") + ".png"
+    plen, new = group
+    return f"{kind}_vs_batch" + (f"_p{plen}_n{new}" if several else "") + ".png"
 
 
 def terminal_charts(results: dict[str, Any], width: int = 78, height: int = 18,
@@ -266,7 +275,7 @@ def terminal_charts(results: dict[str, Any], width: int = 78, height: int = 18,
         return []
     out = []
     for group, points in _groups(results):
-        tp, plen, new = group
+        plen, new = group
         for metric, _, title in CHARTS:
             series = _series(points, metric)
             if not series:
@@ -277,7 +286,7 @@ def terminal_charts(results: dict[str, Any], width: int = 78, height: int = 18,
                 plt.plot(xs, ys, label=name, marker=MARKERS[i % len(MARKERS)] if not color else "braille")
             batches = sorted({x for xs, _ in series.values() for x in xs})
             plt.xticks(batches, [str(b) for b in batches])
-            plt.title(f"{title} vs batch, prompt {plen}, {new} new tokens" + (f", tp {tp}" if tp > 1 else ""))
+            plt.title(f"{title} vs batch, prompt {plen}, {new} new tokens" + _tp_note(points))
             plt.xlabel("batch size")
             plt.ylabel("ms")
             text = plt.build()
@@ -298,7 +307,7 @@ def png_charts(results: dict[str, Any], folder: Path) -> tuple[list[Path], str |
     groups = _groups(results)
     paths = []
     for group, points in groups:
-        tp, plen, new = group
+        plen, new = group
         for metric, kind, title in CHARTS:
             series = _series(points, metric)
             if not series:
@@ -312,7 +321,7 @@ def png_charts(results: dict[str, Any], folder: Path) -> tuple[list[Path], str |
             ax.set_xlabel("batch size")
             ax.set_ylabel(f"{'TTFT' if metric == 'ttft_ms' else 'TPOT'} (ms)")
             ax.set_title(f"{title} vs batch\n{_title(results)[len('llmtop bench: '):]}, prompt {plen}, "
-                         f"{new} new tokens" + (f", tp {tp}" if tp > 1 else ""), fontsize=9)
+                         f"{new} new tokens" + _tp_note(points), fontsize=9)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
             fig.tight_layout()
