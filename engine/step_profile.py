@@ -5,6 +5,15 @@ the device is busy versus idle (waiting for the host to launch work: the eager d
 Llama-2-7B on an H100 keeps the GPU busy ~8 ms of a ~44 ms step). On a CPU the "device" is
 the CPU's ATen ops: idle is Python and framework time between them. Only a run that asks for
 it is profiled; normal runs never enter the profiler.
+
+With tensor parallelism it also answers "how much of a step is the ranks talking": the time
+inside collectives per step and its share of the step. On a GPU that is the NCCL kernels' device
+time (RCCL's are named nccl too); on a CPU it is gloo's own work, which torch.profiler records as
+`gloo:all_reduce` / `gloo:all_gather` spans on gloo's threads (measured with torch 2.13: the
+caller's `c10d::allreduce_` op only enqueues the work and returns in ~30 us, so it says nothing
+of the time). Both include the time a rank waits for the slower one, as any collective does.
+The stop flag llmtop itself broadcasts over its control group (`gloo:broadcast`, async, off the
+critical path) is not one of the model's collectives and is left out.
 """
 
 from __future__ import annotations
@@ -21,6 +30,18 @@ from llmtop.protocol import StepProfile
 from . import spec
 
 
+GLOO_COLLECTIVES = ("gloo:all_reduce", "gloo:all_gather", "gloo:reduce_scatter",
+                    "gloo:all_to_all", "gloo:alltoall", "gloo:allreduce", "gloo:allgather")
+
+
+def is_collective(name: str, on_device: bool) -> bool:
+    """Is this profiler event a collective's own work: an NCCL kernel (device event) on a GPU,
+    a gloo all-reduce / all-gather span on a CPU."""
+    if on_device:
+        return "nccl" in name.lower()
+    return name.startswith(GLOO_COLLECTIVES)
+
+
 def _union_us(intervals: list[tuple[float, float]]) -> float:
     total, end = 0.0, float("-inf")
     for a, b in sorted(intervals):
@@ -32,8 +53,9 @@ def _union_us(intervals: list[tuple[float, float]]) -> float:
 
 
 class StepProfiler:
-    def __init__(self, run_id: int, steps: int, device: str) -> None:
+    def __init__(self, run_id: int, steps: int, device: str, tp: int = 1) -> None:
         self.run_id = run_id
+        self.tp = tp
         self.steps = steps          # decode steps after the prefill
         self.seen = 0
         self.gpu = device.startswith("cuda")
@@ -63,6 +85,10 @@ class StepProfiler:
         spans = [(e.time_range.start, e.time_range.end) for e in events]
         window_us = (max(b for _, b in spans) - min(a for a, _ in spans)) if spans else 0.0
         busy_us = _union_us([(e.time_range.start, e.time_range.end) for e in busy_events])
+        # collectives: NCCL kernels on the device, or gloo's spans (CPU events on its threads)
+        collectives = [e for e in (device_events if self.gpu else events)
+                       if is_collective(e.name, self.gpu)]
+        coll_us = _union_us([(e.time_range.start, e.time_range.end) for e in collectives])
         per_step = self.seen or 1
         averages = sorted(self.prof.key_averages(), key=lambda k: getattr(k, key), reverse=True)
         total = sum(getattr(k, key) for k in averages) or 1.0
@@ -75,4 +101,7 @@ class StepProfiler:
             run_id=self.run_id, steps=self.seen, device="gpu" if self.gpu else "cpu",
             step_ms=window_us / per_step / 1e3, busy_ms=busy_us / per_step / 1e3,
             idle_ms=max(0.0, window_us - busy_us) / per_step / 1e3,
-            top_kernels=top, trace_path=str(Path(trace)))
+            top_kernels=top, trace_path=str(Path(trace)), tp=self.tp,
+            collective_ms=coll_us / per_step / 1e3,
+            collective_pct=100 * coll_us / window_us if window_us else 0.0,
+            collective_calls=len(collectives))
