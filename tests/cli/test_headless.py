@@ -109,3 +109,27 @@ def test_unknown_theme_exits_2_with_the_choices():
     assert p.returncode == 2
     assert p.stderr.startswith("llmtop: unknown theme 'neon'; choose one of:")
     assert "llmtop-rocm" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_bad_gpu_set_exits_2_with_one_line_before_loading():
+    """--gpus is checked before any engine starts: one GPU per rank, none twice, numbers only."""
+    cases = [
+        (["run", "--headless", "--tp", "2", "--gpus", "0,1,2"],
+         "--gpus 0,1,2 names 3 GPUs for --tp 2: name exactly one GPU per rank"),
+        (["run", "--headless", "--tp", "2", "--gpus", "1,1"],
+         "--gpus 1,1 names GPU 1 twice: each rank needs its own GPU"),
+        (["run", "--headless", "--tp", "2", "--gpus", "0,x"],
+         "--gpus 0,x: give GPU numbers separated by commas, e.g. --gpus 0,1"),
+        (["run", "--headless", "--device", "cpu", "--gpus", "0"],
+         "--gpus names GPUs: use --device cuda with it"),
+        (["bench", "--tp", "1,2", "--gpus", "0", "--out", "unused"],
+         "--gpus 0 names 1 GPUs for --tp up to 2: a tp=k point runs on the first k named"),
+        (["bench", "--tp", "2", "--gpus", "3,3", "--out", "unused"],
+         "--gpus 3,3 names GPU 3 twice: each rank needs its own GPU"),
+    ]
+    for args, message in cases:
+        t0 = time.monotonic()
+        p = llmtop(*args)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr.strip() == f"llmtop: {message}", args
+        assert time.monotonic() - t0 < 30   # refused before an engine (and torch) starts
