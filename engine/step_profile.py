@@ -12,6 +12,8 @@ time (RCCL's are named nccl too); on a CPU it is gloo's own work, which torch.pr
 `gloo:all_reduce` / `gloo:all_gather` spans on gloo's threads (measured with torch 2.13: the
 caller's `c10d::allreduce_` op only enqueues the work and returns in ~30 us, so it says nothing
 of the time). Both include the time a rank waits for the slower one, as any collective does.
+The share is of the decode steps alone (a `llmtop:decode` span marks them in the trace): a
+prefill of thousands of tokens is compute-heavy and would hide what each decode step pays.
 The stop flag llmtop itself broadcasts over its control group (`gloo:broadcast`, async, off the
 critical path) is not one of the model's collectives and is left out.
 """
@@ -20,10 +22,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from llmtop.protocol import StepProfile
 
@@ -40,6 +43,9 @@ def is_collective(name: str, on_device: bool) -> bool:
     if on_device:
         return "nccl" in name.lower()
     return name.startswith(GLOO_COLLECTIVES)
+
+
+DECODE_MARK = "llmtop:decode"   # the span of the profiled decode steps, in the trace too
 
 
 def _union_us(intervals: list[tuple[float, float]]) -> float:
@@ -59,6 +65,7 @@ class StepProfiler:
         self.steps = steps          # decode steps after the prefill
         self.seen = 0
         self.gpu = device.startswith("cuda")
+        self.decode_mark: Any = None
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.gpu else [])
         self.prof = profile(activities=activities)
 
@@ -68,11 +75,16 @@ class StepProfiler:
     def tick(self) -> bool:
         """Counts a finished step; True once the prefill and `steps` decode steps are in."""
         self.seen += 1
+        if self.seen == 1 and self.steps > 0:  # the prefill is done: the decode steps begin
+            self.decode_mark = record_function(DECODE_MARK)
+            self.decode_mark.__enter__()
         return self.seen == self.steps + 1
 
     def finish(self) -> StepProfile:
         if self.gpu:
             torch.cuda.synchronize()
+        if self.decode_mark is not None:
+            self.decode_mark.__exit__(None, None, None)
         self.prof.__exit__(None, None, None)
         events = self.prof.events()
         device_events = [e for e in events if e.device_type != DeviceType.CPU]
@@ -80,7 +92,8 @@ class StepProfiler:
             busy_events = device_events
             key = "self_device_time_total"
         else:  # top-level ATen ops on the host: children are inside their parents' spans
-            busy_events = [e for e in events if e.cpu_parent is None and e.name.startswith("aten::")]
+            busy_events = [e for e in events if e.name.startswith("aten::") and (
+                e.cpu_parent is None or e.cpu_parent.name == DECODE_MARK)]
             key = "self_cpu_time_total"
         spans = [(e.time_range.start, e.time_range.end) for e in events]
         window_us = (max(b for _, b in spans) - min(a for a, _ in spans)) if spans else 0.0
@@ -88,9 +101,17 @@ class StepProfiler:
         # collectives: NCCL kernels on the device, or gloo's spans (CPU events on its threads)
         collectives = [e for e in (device_events if self.gpu else events)
                        if is_collective(e.name, self.gpu)]
-        coll_us = _union_us([(e.time_range.start, e.time_range.end) for e in collectives])
         per_step = self.seen or 1
-        averages = sorted(self.prof.key_averages(), key=lambda k: getattr(k, key), reverse=True)
+        mark = next((e for e in events if e.name == DECODE_MARK), None)
+        if mark is not None and self.seen > 1:   # the decode steps' span, the prefill left out
+            lo, hi, decode_steps = mark.time_range.start, mark.time_range.end, self.seen - 1
+        else:                                    # the run ended in its prefill
+            lo, hi, decode_steps = min((a for a, _ in spans), default=0.0), \
+                max((b for _, b in spans), default=0.0), per_step
+        coll_us = _union_us([(max(e.time_range.start, lo), min(e.time_range.end, hi))
+                             for e in collectives if min(e.time_range.end, hi) > max(e.time_range.start, lo)])
+        averages = sorted((k for k in self.prof.key_averages() if k.key != DECODE_MARK),
+                          key=lambda k: getattr(k, key), reverse=True)
         total = sum(getattr(k, key) for k in averages) or 1.0
         top = [{"name": k.key[:120], "calls": k.count, "device_ms": getattr(k, key) / 1e3,
                 "pct": 100 * getattr(k, key) / total} for k in averages[:15]]
@@ -102,6 +123,6 @@ class StepProfiler:
             step_ms=window_us / per_step / 1e3, busy_ms=busy_us / per_step / 1e3,
             idle_ms=max(0.0, window_us - busy_us) / per_step / 1e3,
             top_kernels=top, trace_path=str(Path(trace)), tp=self.tp,
-            collective_ms=coll_us / per_step / 1e3,
-            collective_pct=100 * coll_us / window_us if window_us else 0.0,
+            collective_ms=coll_us / decode_steps / 1e3,
+            collective_pct=100 * coll_us / (hi - lo) if hi > lo else 0.0,
             collective_calls=len(collectives))

@@ -170,8 +170,8 @@ class StepProfile:
     idle_ms: float
     top_kernels: list[dict[str, Any]]  # name, calls, device_ms, pct
     trace_path: str
-    # tensor parallelism: time per step inside the ranks' collectives (NCCL kernels on a GPU,
-    # gloo's all-reduce / all-gather work on a CPU) and its share of the step
+    # tensor parallelism: time per decode step inside the ranks' collectives (NCCL kernels on a
+    # GPU, gloo's all-reduce / all-gather work on a CPU) and its share of the decode steps
     tp: int = 1
     collective_ms: float = 0.0
     collective_pct: float = 0.0

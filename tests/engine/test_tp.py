@@ -134,8 +134,11 @@ def test_tp2_profile_reports_the_share_of_each_step_in_collectives(engine, tp1_r
     assert p.tp == 2 and p.device == "cpu" and p.steps == 4
     layers = tp1_record["model"]["layers"]
     assert p.collective_calls >= p.steps * (2 * layers + 1)
-    assert 0 < p.collective_ms < p.step_ms
-    assert p.collective_pct == pytest.approx(100 * p.collective_ms / p.step_ms, rel=1e-6)
+    assert 0 < p.collective_ms < p.step_ms and 0 < p.collective_pct < 100
+    # the share is of the decode steps: their time per step times the share is the collectives'
+    decode_ms = 100 * p.collective_ms / p.collective_pct
+    assert decode_ms < p.step_ms * p.steps / (p.steps - 1)   # the prefill is left out
+    assert p.busy_ms > 0   # ATen ops under the decode span still count as busy
 
 
 def test_gpus_on_a_cpu_are_refused_before_loading(engine, tp1_record):
