@@ -95,7 +95,8 @@ class Engine:
         self.emit(ModelInfo(**self.loaded.info()))
         self.emit(DeviceInfo(self.device, self.ceilings["device_name"], self.ceilings["mem_bw_gb_s"],
                              self.ceilings["peak_tflops"],
-                             catalogue.as_dict(catalogue.availability(cfg.device))))
+                             catalogue.as_dict(catalogue.availability(cfg.device)),
+                             torch.cuda.device_count() if torch.cuda.is_available() else 0))
         self.emit(ConfigApplied(asdict(cfg), "loaded" if reload else "in place",
                                 time.perf_counter() - t0))
         phase = "compiling" if opts["compile"] != "off" else "warming"

@@ -107,6 +107,7 @@ class DeviceInfo:
     mem_bw_gb_s: float
     peak_tflops: float
     options: dict[str, dict[str, dict[str, Any]]]
+    gpu_count: int = 0   # GPUs torch sees (after CUDA_VISIBLE_DEVICES): the most TP ranks here
 
 
 @dataclass
