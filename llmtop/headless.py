@@ -59,8 +59,8 @@ def profile_table(p: StepProfile) -> str:
             f"{p.busy_ms:.2f} ms ({busy_pct:.0f}%), idle {p.idle_ms:.2f} ms",
             f"{'kernel':<60} {'calls':>6} {'ms':>9} {'%':>6}"]
     if getattr(p, "tp", 1) > 1:
-        rows.insert(1, f"collectives: {p.collective_ms:.2f} ms/step ({p.collective_pct:.0f}% of each "
-                       f"step) in {p.collective_calls} all-reduce / all-gather calls over {p.tp} ranks")
+        rows.insert(1, f"collectives: {p.collective_ms:.2f} ms/decode step ({p.collective_pct:.0f}% of each "
+                       f"decode step) in {p.collective_calls} all-reduce / all-gather calls over {p.tp} ranks")
     for k in p.top_kernels[:10]:
         rows.append(f"{k['name'][:60]:<60} {k['calls']:>6} {k['device_ms']:>9.2f} {k['pct']:>5.1f}%")
     rows.append(f"trace: {p.trace_path} (open in https://ui.perfetto.dev)")

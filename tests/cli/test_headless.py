@@ -133,3 +133,24 @@ def test_a_bad_gpu_set_exits_2_with_one_line_before_loading():
         assert p.returncode == 2, (args, p.stderr)
         assert p.stderr.strip() == f"llmtop: {message}", args
         assert time.monotonic() - t0 < 30   # refused before an engine (and torch) starts
+
+
+def test_headless_tp2_names_the_ranks_and_the_collective_share(tmp_path):
+    """2 ranks over gloo on synthetic:tiny: the table says where the ranks ran, the profile how
+    much of each decode step went to all-reduce; the record keeps both."""
+    out = tmp_path / "tp2.json"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}   # CPU ranks only where torch sees no GPU
+    p = subprocess.run([*LLMTOP, "run", "--headless", "--model", "synthetic:tiny", "--device", "cpu",
+                        "--tp", "2", "--prompt-len", "8", "--max-new-tokens", "8", "--ignore-eos",
+                        "--profile-steps", "3", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "ranks     tp 2 on cpu, cpu" in p.stdout
+    record = json.loads(out.read_text())
+    assert record["model"]["devices"] == ["cpu", "cpu"] and record["model"]["gpus"] == []
+    assert record["config"]["tp"] == 2 and record["config"]["gpus"] is None
+    prof = record["step_profile"]
+    assert prof["tp"] == 2 and prof["collective_calls"] > 0 and prof["collective_ms"] > 0
+    assert (f"collectives: {prof['collective_ms']:.2f} ms/decode step ({prof['collective_pct']:.0f}% "
+            f"of each decode step) in {prof['collective_calls']} all-reduce / all-gather calls over 2 ranks"
+            ) in p.stdout
