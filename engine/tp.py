@@ -170,7 +170,9 @@ def place(device: str, size: int, named: list[int] | None) -> Placement:
             uuids = _cuda_uuids()
             env = os.environ.get("CUDA_VISIBLE_DEVICES")
             if explicit or (size == 1 and named is None):
-                ordinals = [device_index(device) + r for r in range(size)]
+                # plain "cuda" is torch's current device (0 unless someone set another)
+                first = device_index(device) if explicit else _current_cuda()
+                ordinals = [first + r for r in range(size)]
                 return Placement([device] if size == 1 else [f"cuda:{k}" for k in ordinals],
                                  _backend_indices(devices, uuids, env, ordinals),
                                  "the device given" if size == 1 else f"from {device} on (--device)")
@@ -194,6 +196,13 @@ def _telemetry() -> tuple[Any, list, Any]:
     except Exception:  # a driver that cannot answer topology: choose without it
         matrix = None
     return backend, backend.devices(), matrix
+
+
+def _current_cuda() -> int:
+    try:
+        return torch.cuda.current_device() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
 
 
 def _cuda_uuids() -> list[str | None]:
@@ -283,6 +292,8 @@ class Leader(Ranks):
         self.lifelines: list[Connection] = []
         self.closing = False
         self.threads = torch.get_num_threads()  # rank 0's own, restored when the group ends
+        # rank 0 makes its GPU the current one; plain "cuda" means cuda:0 again after the group
+        self.cuda_before = _current_cuda() if devices[0].startswith("cuda") else None
         backend = "nccl" if devices[0].startswith("cuda") else "gloo"
         self.placement = tuple(devices)
         if os.environ.get(EXTERNAL_ENV) == "1":
@@ -370,6 +381,8 @@ class Leader(Ranks):
         if dist.is_initialized():
             dist.destroy_process_group()
         torch.set_num_threads(self.threads)
+        if self.cuda_before is not None:
+            torch.cuda.set_device(self.cuda_before)
         if os.environ.get(EXTERNAL_ENV) != "1":  # what _join set for transformers' mesh
             for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
                 os.environ.pop(name, None)
