@@ -44,7 +44,7 @@ from .widgets.numa_panel import NumaPanel
 from .widgets.optimizations import OptimizationsPanel
 from .widgets.run_settings import RunSettings, RunSettingsPanel
 from .widgets.token_stream import TokenStream
-from .widgets.tp_control import TpControl
+from .widgets.tp_control import TpControl, tp_choices
 
 DEFAULT_PROMPT = PROMPT_SET[0]
 # errors after which the loop pauses: running the same request again would fail the same way
@@ -538,8 +538,7 @@ class LlmtopApp(App):
         """Choose the tensor-parallel size for the next run (a reload, sharded over `size`
         ranks); refused, with the reason shown, where the model's heads or the devices do not
         allow it. A --gpus set of another length is dropped: llmtop then picks the GPUs."""
-        choices = {n: (ok, why) for n, ok, why in
-                   (self._main_query(TpControl)[0].choices() if self._main_query(TpControl) else [])}
+        choices = {n: (ok, why) for n, ok, why in self.tp_choices()}
         ok, why = choices.get(size, (False, "the engine has not reported the model and device yet"
                                      if not choices else "not a size offered here"))
         if not ok:
@@ -554,6 +553,14 @@ class LlmtopApp(App):
         self._changed(TpControl, OptimizationsPanel, LlmtopHeader)
         self._next()
         return True
+
+    def tp_choices(self) -> list[tuple[int, bool, str]]:
+        """(size, can run, why not) for the model and device the engine reported ([] before)."""
+        s = self.session
+        if s.model is None or s.device is None:
+            return []
+        return tp_choices(s.model.heads, s.model.kv_heads, s.device.device,
+                          getattr(s.device, "gpu_count", 0))
 
     def collective_pct(self) -> float | None:
         """The all-reduce share of a decode step from the last step profile taken at the
@@ -670,8 +677,7 @@ class LlmtopApp(App):
                                 lambda a=binding.action: self.run_action(a))
         yield SystemCommand("Sampling on/off", "toggle sampling (greedy when off) from the next run",
                             self.action_toggle_sampling)
-        controls = self._main_query(TpControl)
-        for n, ok, why in (controls[0].choices() if controls else []):
+        for n, ok, why in self.tp_choices():
             yield SystemCommand(f"Tensor parallel: tp = {n}",
                                 ("apply from the next run (reloads)" + (f": {why}" if why else ""))
                                 if ok else f"unavailable: {why}",

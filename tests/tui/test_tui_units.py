@@ -401,6 +401,8 @@ def test_tp_control_reconfigures_between_runs():
         ol = app.query_one("#opt-tp")
         assert not ol.get_option("tp=2").disabled
         assert app.select_tp(3) is False and app.desired.tp == 1   # not offered: refused
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Tensor parallel: tp = 2" in titles   # the command palette offers it too
         ol.focus()
         ol.highlighted = ol.get_option_index("tp=2")
         await pilot.press("enter")

@@ -71,19 +71,11 @@ class TpControl(Vertical, Coalesced):
         if size.isdigit():
             self.app.select_tp(int(size))
 
-    def choices(self) -> list[tuple[int, bool, str]]:
-        """The sizes for the model and device the engine reported ([] before it has)."""
-        session = self.app.session
-        if session.model is None or session.device is None:
-            return []
-        return tp_choices(session.model.heads, session.model.kv_heads, session.device.device,
-                          getattr(session.device, "gpu_count", 0))
-
     def redraw_now(self) -> None:
         app = self.app
         v = palette(app)
         ol = self.query_one("#opt-tp", OptionList)
-        choices = self.choices()
+        choices = app.tp_choices()
         if not choices:
             return
         sizes = [n for n, _, _ in choices]
