@@ -208,6 +208,8 @@ def plan_from_args(args: argparse.Namespace, saved: Plan | None = None) -> Plan:
             gpu_set.check_named(plan.gpus, len(plan.gpus))   # duplicates
         except gpu_set.GpuSetError as e:
             raise BenchError(str(e)) from None
+    if plan.gpus is not None and plan.device == "cpu":
+        raise BenchError("--gpus names GPUs: use --device cuda with it")
     if plan.gpus is not None and len(plan.gpus) < max(plan.tps):
         shown = ",".join(map(str, plan.gpus))
         raise BenchError(f"--gpus {shown} names {len(plan.gpus)} GPUs for --tp up to "

@@ -126,6 +126,8 @@ def test_a_bad_gpu_set_exits_2_with_one_line_before_loading():
          "--gpus 0 names 1 GPUs for --tp up to 2: a tp=k point runs on the first k named"),
         (["bench", "--tp", "2", "--gpus", "3,3", "--out", "unused"],
          "--gpus 3,3 names GPU 3 twice: each rank needs its own GPU"),
+        (["bench", "--device", "cpu", "--gpus", "0", "--out", "unused"],
+         "--gpus names GPUs: use --device cuda with it"),
     ]
     for args, message in cases:
         t0 = time.monotonic()
