@@ -53,9 +53,24 @@ case "${1:-}" in
     STUDY_BUDGET_S=${STUDY_BUDGET_S:-510} LLMTOP="python3 -m llmtop" benchmarks/study_sweep.sh /tmp/study \
       --config max:attention=sdpa,kv=static,compile=full 2>&1 | tail -25
     tar czf "$OUT/study.tgz" -C /tmp study ;;
-  tp)  # needs 2 GPUs (nvidia-h100-x2): TP=2 tokens vs TP=1, then TTFT/TPOT/collectives/telemetry
-    python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_tp_gpu.py 2>&1 | tail -3
-    python3 benchmarks/tp_compare.py --out "$OUT" 2>&1 | tail -12 ;;
+  tp)  # needs 2 GPUs (nvidia-h100-x2): TP=2 tokens vs TP=1 on the recommended / named /
+        # CUDA_VISIBLE_DEVICES-reordered GPUs, the NCCL share of a step; TTFT/TPOT/telemetry
+    python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu/test_tp_gpu.py 2>&1 | tee "$OUT/tp_tests.log" | tail -8
+    nvidia-smi topo -m | tee "$OUT/topo.txt"
+    python3 -m llmtop info --json > "$OUT/info.json"   # the link matrix and recommended sets
+    python3 benchmarks/tp_compare.py --out "$OUT" 2>&1 | tail -14
+    python3 benchmarks/tp_compare.py --gpus 1,0 --batch 1 --out "$OUT/named" 2>&1 | tail -9
+    # bench: each point's power is charged to the GPUs its ranks ran on (tp=1 on GPU 1 here)
+    python3 -m llmtop bench --model synthetic:llama-2-7b --device cuda --tp 1,2 --gpus 1,0 \
+      --batch 1 --prompt-len 128 --max-new-tokens 32 --repeat 1 --preset baseline \
+      --out "$OUT/bench_tp" --no-plots 2>&1 | tail -6
+    python3 - "$OUT/bench_tp/bench.json" <<'PY'
+import json, sys
+for p in json.load(open(sys.argv[1]))["points"]:
+    print("bench tp", p["tp"], "telemetry gpus", [r["telemetry"].get("gpus") for r in p["runs"]],
+          "(expected [1] for tp 1, [0, 1] for tp 2)")
+PY
+    ;;
   *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study tp"; exit 2 ;;
 esac
 cp "$LLMTOP_CACHE/engine.log" "$OUT/engine.log" 2>/dev/null

@@ -29,6 +29,8 @@ class Loaded:
     dtype: str
     tp: int = 1                                       # tensor-parallel ranks (engine/tp.py)
     devices: list[str] = field(default_factory=list)  # every rank's device, rank 0 first
+    gpus: list[int] = field(default_factory=list)     # the same GPUs, as nvidia-smi numbers them
+    gpu_choice: str = ""                              # why those (engine/tp.py place)
 
     def info(self) -> dict[str, Any]:
         cfg = self.model.config
@@ -40,7 +42,8 @@ class Loaded:
             layers=cfg.num_hidden_layers, heads=cfg.num_attention_heads,
             kv_heads=cfg.num_key_value_heads, hidden=cfg.hidden_size, vocab=cfg.vocab_size,
             dtype=self.dtype, device=self.device, synthetic=self.spec.synthetic,
-            source=self.spec.path, tp=self.tp, devices=self.devices or [self.device])
+            source=self.spec.path, tp=self.tp, devices=self.devices or [self.device],
+            gpus=list(self.gpus), gpu_choice=self.gpu_choice)
 
 
 def kv_bytes_per_token(model: Any) -> int:

@@ -40,6 +40,8 @@ class Engine:
         self.guard: GuardResult | None = None
         self.decoder: Any = None   # the compiled decode step (compile=full), else None
         self.vllm: Any = None      # backend=vllm: a vllm_backend.VllmEngine
+        self.placement: tp.Placement | None = None   # every rank's device, from rank 0
+        self.device = "cpu"        # this rank's own device (cuda:K of its placement)
         watch.install(emit)
 
     # ---- configuration ------------------------------------------------------------------
@@ -58,29 +60,37 @@ class Engine:
         spec = specs.resolve(cfg.model)
         opts = {**catalogue.DEFAULTS, **cfg.opts, "dtype": cfg.dtype}
         catalogue.check(opts, cfg.device)
+        gpus = list(cfg.gpus) if cfg.gpus is not None else None
         if self.ranks.rank == 0:  # --tp: heads divisible, GPUs there; before anything loads
             tp.check(spec, cfg.device, cfg.tp, opts)
-        cfg = Configure(cfg.model, cfg.device, cfg.dtype, opts, cfg.tp)
+            placement = tp.place(cfg.device, cfg.tp, gpus)
+        else:  # a follower: rank 0 placed it (Follower.receive wrote its device into cfg)
+            placement = tp.Placement([cfg.device])
+        cfg = Configure(cfg.model, cfg.device, cfg.dtype, opts, cfg.tp, gpus)
         old = self.config
-        reload = (old is None or self.loaded is None or
-                  (old.model, old.device, old.dtype, old.tp) !=
-                  (cfg.model, cfg.device, cfg.dtype, cfg.tp) or
+        reload = (old is None or self.loaded is None or self.placement is None or
+                  (old.model, old.dtype, old.tp) != (cfg.model, cfg.dtype, cfg.tp) or
+                  self.placement.devices != placement.devices or
                   old.opts.get("compile") != opts["compile"] or
                   old.opts.get("backend", "hf") != opts["backend"])
         vllm = opts["backend"] == "vllm"  # vLLM runs its own tensor parallelism
         if reload:
             self._unload()
+            self.placement, self.device = placement, placement.devices[0]
             # rank 0 starts or ends followers to match cfg.tp (a follower keeps its group)
-            self.ranks = tp.resize(self.ranks, 1 if vllm else cfg.tp, cfg.device,
+            self.ranks = tp.resize(self.ranks, 1 if vllm else cfg.tp,
+                                   placement.devices[:1] if vllm else placement.devices,
                                    self._rank_lost)
         self.ranks.mirror(cfg)  # followers run this same configure from here on, in lockstep
         if reload:
-            with self._heartbeat("loading", f"loading {spec.name} on {cfg.device}"):
-                self.loaded = models.load(spec, cfg.device, cfg.dtype, "eager", self._progress,
-                                          tp=cfg.tp, devices=self.ranks.devices(cfg.device))
+            with self._heartbeat("loading", f"loading {spec.name} on {self.device}"):
+                self.loaded = models.load(spec, self.device, cfg.dtype, "eager", self._progress,
+                                          tp=1 if vllm else cfg.tp,
+                                          devices=self.ranks.devices(self.device))
+            self.loaded.gpus, self.loaded.gpu_choice = placement.gpus, placement.why
             self.baseline = self._trace("eager", False)
             self.emit(Status("warming", "measuring the device's bandwidth and FLOP/s ceilings"))
-            self.ceilings = ceilings.get(cfg.device, models.DTYPES[cfg.dtype])
+            self.ceilings = ceilings.get(self.device, models.DTYPES[cfg.dtype])
             if vllm:
                 self._start_vllm(cfg)
         model = self.loaded.model
@@ -91,9 +101,10 @@ class Engine:
             self._compile(opts["compile"])
         self.config = cfg
         self.emit(ModelInfo(**self.loaded.info()))
-        self.emit(DeviceInfo(cfg.device, self.ceilings["device_name"], self.ceilings["mem_bw_gb_s"],
+        self.emit(DeviceInfo(self.device, self.ceilings["device_name"], self.ceilings["mem_bw_gb_s"],
                              self.ceilings["peak_tflops"],
-                             catalogue.as_dict(catalogue.availability(cfg.device))))
+                             catalogue.as_dict(catalogue.availability(cfg.device)),
+                             torch.cuda.device_count() if torch.cuda.is_available() else 0))
         self.emit(ConfigApplied(asdict(cfg), "loaded" if reload else "in place",
                                 time.perf_counter() - t0))
         phase = "compiling" if opts["compile"] != "off" else "warming"
@@ -118,7 +129,7 @@ class Engine:
                                         f"{spec.name}: {_one_line(e)}") from None
         self.guard = guard.compare(self.baseline, current)
         self.emit(self.guard)
-        self.emit(Status("ready", f"{spec.name} on {cfg.device}"))
+        self.emit(Status("ready", f"{spec.name} on {', '.join(dict.fromkeys(self.loaded.devices))}"))
 
     def _start_vllm(self, cfg: Configure) -> None:
         """vLLM's engine for the loaded model. transformers' copy, kept for the guard's baseline
@@ -228,7 +239,7 @@ class Engine:
         start_ns = time.perf_counter_ns()
         try:
             inputs = generate.prepare(req, tok, mcfg.vocab_size, mcfg.max_position_embeddings,
-                                      cfg.device)
+                                      self.device)
         except ValueError as e:
             self.emit(Error("bad_request", str(e)))
             return
@@ -237,7 +248,7 @@ class Engine:
         self.emit(Status("generating", f"run {req.run_id}"))
         gen = None
         if req.sample:
-            gen = torch.Generator(device=cfg.device).manual_seed(req.seed)
+            gen = torch.Generator(device=self.device).manual_seed(req.seed)
         sampling = generate.Sampling(req.sample, req.temperature, req.top_p, req.top_k, gen)
         static_len = self._static_len(inputs.prompt_tokens + req.max_new_tokens)
         # continuous batching and vLLM bring their own paged caches
@@ -264,7 +275,7 @@ class Engine:
         profiler = None
         tuning = self._tuning_watch()
         if req.profile_steps > 0 and self.ranks.rank == 0:
-            profiler = StepProfiler(req.run_id, req.profile_steps, cfg.device)
+            profiler = StepProfiler(req.run_id, req.profile_steps, self.device, cfg.tp)
             profiler.start()
         try:
             with _sdpa_backend(cfg.opts["attention"]):

@@ -3,8 +3,10 @@
 How it works:
 - Rank 0 is the engine process the EngineClient spawned. `Configure(tp=N)` makes it start N-1
   follower processes (spawn context, daemon) and all N join one torch.distributed group (gloo
-  on CPU, nccl on CUDA) at tcp://127.0.0.1:<free port>. Rank r drives cuda:K+r, where cuda:K
-  is the device the user named ("cuda" = cuda:0).
+  on CPU, nccl on CUDA) at tcp://127.0.0.1:<free port>. Which GPU each rank drives is
+  `place`'s answer: the set `--gpus` names, else the best-linked set of the visible GPUs
+  (profilers/gpu_set.py over the NVML / amdsmi link matrix), else, for an explicit
+  `--device cuda:K`, cuda:K..cuda:K+N-1.
 - Every rank loads the model sharded with transformers' tensor-parallel plan (the model's
   `base_model_tp_plan`): a checkpoint through `from_pretrained(distributed_config=...)`, which
   reads only this rank's slices; a synthetic model is built whole from the same seed on every
@@ -34,6 +36,7 @@ import socket
 import sys
 import threading
 import traceback
+from dataclasses import dataclass, field
 from datetime import timedelta
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -113,7 +116,7 @@ def check(spec: specs.ModelSpec, device: str, size: int, opts: dict[str, str]) -
         raise catalogue.OptionError("kv=paged (continuous batching) does not run with --tp > 1 yet")
     if external:
         return  # torchrun's --nproc-per-node and --nnodes decided the GPUs
-    if device.startswith("cuda"):
+    if device.startswith("cuda:"):   # an explicit first GPU: the ranks take the next ones
         visible = torch.cuda.device_count()
         first = device_index(device)
         if first + size > visible:
@@ -124,6 +127,107 @@ def check(spec: specs.ModelSpec, device: str, size: int, opts: dict[str, str]) -
         raise catalogue.OptionError(
             "--tp > 1 runs on the CPU only where torch sees no GPU (transformers builds its "
             "device mesh on the accelerator): use --device cuda")
+
+
+# ---- which GPU each rank drives ---------------------------------------------------------------
+
+@dataclass
+class Placement:
+    """Where the ranks run, rank 0 first: torch's devices, and the same GPUs as the telemetry
+    backend (nvidia-smi) numbers them, so telemetry follows the engine's GPUs."""
+
+    devices: list[str]
+    gpus: list[int] = field(default_factory=list)   # empty on a CPU, or where unknown
+    why: str = ""
+
+
+def place(device: str, size: int, named: list[int] | None) -> Placement:
+    """Rank 0: the ranks' devices for a configuration (raises OptionError, one line).
+
+    CPU: every rank on the CPU. `--gpus` named: those GPUs, in that order. `--device cuda:K`:
+    cuda:K and the next ones (the user placed them). Plain `cuda` with N > 1: the set the
+    link matrix recommends among the GPUs torch sees. With one rank and no `--gpus`, the device
+    as given. Torch's numbering is CUDA_VISIBLE_DEVICES-relative; the mapping to the machine's
+    numbering is gpu_set.visible_map's (by UUID, else by the variable).
+    """
+    from llmtop.profilers.gpu_set import GpuSetError
+
+    if not device.startswith("cuda"):
+        if named is not None:
+            raise catalogue.OptionError("--gpus names GPUs: use --device cuda with it")
+        return Placement([device] * size)
+    if os.environ.get(EXTERNAL_ENV) == "1":
+        if named is not None:
+            raise catalogue.OptionError("under torchrun, torchrun places the ranks: drop --gpus")
+        return Placement([device])   # each rank reports its own device (Ranks.devices)
+    explicit = device.startswith("cuda:")
+    if explicit and named is not None:
+        raise catalogue.OptionError(f"--gpus and --device {device} both place the ranks: use "
+                                    "--device cuda with --gpus")
+    try:
+        backend, devices, matrix = _telemetry()
+        try:
+            uuids = _cuda_uuids()
+            env = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if explicit or (size == 1 and named is None):
+                # plain "cuda" is torch's current device (0 unless someone set another)
+                first = device_index(device) if explicit else _current_cuda()
+                ordinals = [first + r for r in range(size)]
+                return Placement([device] if size == 1 else [f"cuda:{k}" for k in ordinals],
+                                 _backend_indices(devices, uuids, env, ordinals),
+                                 "the device given" if size == 1 else f"from {device} on (--device)")
+            from llmtop.profilers.gpu_set import choose
+
+            chosen = choose(size, named, devices, matrix, uuids, env)
+            return Placement(chosen.devices, chosen.gpus, chosen.why)
+        finally:
+            backend.close()
+    except GpuSetError as e:
+        raise catalogue.OptionError(str(e)) from None
+
+
+def _telemetry() -> tuple[Any, list, Any]:
+    """The GPU telemetry backend's devices and link matrix (none when no library loads)."""
+    from llmtop.profilers.gpu import detect_backend
+
+    backend = detect_backend()
+    try:
+        matrix = backend.topology()
+    except Exception:  # a driver that cannot answer topology: choose without it
+        matrix = None
+    return backend, backend.devices(), matrix
+
+
+def _current_cuda() -> int:
+    try:
+        return torch.cuda.current_device() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def _cuda_uuids() -> list[str | None]:
+    """Each visible device's UUID as torch reports it (None where it cannot)."""
+    out: list[str | None] = []
+    for k in range(torch.cuda.device_count()):
+        try:
+            out.append(str(torch.cuda.get_device_properties(k).uuid))
+        except Exception:
+            out.append(None)
+    return out
+
+
+def _backend_indices(devices: list, uuids: list[str | None], env: str | None,
+                     ordinals: list[int]) -> list[int]:
+    """The backend's numbers for torch ordinals, or [] where the mapping is unknown."""
+    from llmtop.profilers.gpu_set import GpuSetError, visible_map
+
+    if not devices:
+        return []
+    try:
+        back = {k: g for g, k in visible_map(devices, uuids, env).items()}
+    except GpuSetError:
+        return []
+    return [back[k] for k in ordinals] if all(k in back for k in ordinals) else []
 
 
 # ---- the group of ranks, as each rank sees it -------------------------------------------------
@@ -182,29 +286,33 @@ class Ranks:
 class Leader(Ranks):
     """Rank 0 of a group of `size` ranks: it starts the followers (unless torchrun did)."""
 
-    def __init__(self, size: int, device: str, on_lost: Callable[[str], None]) -> None:
+    def __init__(self, size: int, devices: list[str], on_lost: Callable[[str], None]) -> None:
         self.size = size
         self.procs: list[Any] = []
         self.lifelines: list[Connection] = []
         self.closing = False
         self.threads = torch.get_num_threads()  # rank 0's own, restored when the group ends
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        self.placement = placement(device)
+        # rank 0 makes its GPU the current one; plain "cuda" means cuda:0 again after the group
+        self.cuda_before = _current_cuda() if devices[0].startswith("cuda") else None
+        backend = "nccl" if devices[0].startswith("cuda") else "gloo"
+        self.placement = tuple(devices)
         if os.environ.get(EXTERNAL_ENV) == "1":
             # torchrun started every rank (any number of nodes); its env:// store joins them
             _join(0, size, "env://", backend, None)
         else:
-            self._spawn(size, device, backend)
+            self._spawn(size, devices, backend)
             threading.Thread(target=self._watch, args=(on_lost,), name="tp-watch",
                              daemon=True).start()
         self.control = dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
 
-    def _spawn(self, size: int, device: str, backend: str) -> None:
+    def _spawn(self, size: int, devices: list[str], backend: str) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         init = f"tcp://127.0.0.1:{_free_port()}"
-        first = device_index(device) if device.startswith("cuda") else None
+        cuda = devices[0].startswith("cuda")
+        local = [device_index(d) if cuda else None for d in devices]  # each rank's cuda:K
+        first = local[0]
         # The engine process is itself a daemon (of the EngineClient), and multiprocessing lets
         # no daemon start children: lift the flag while the followers start. The followers are
         # daemons (ended at rank 0's exit) and hold a lifeline (they exit when rank 0 vanishes).
@@ -215,8 +323,7 @@ class Leader(Ranks):
             for r in range(1, size):
                 ours, theirs = ctx.Pipe(duplex=True)
                 p = ctx.Process(target=follower_main, name=f"llmtop-tp-rank{r}", daemon=True,
-                                args=(r, size, init, backend,
-                                      None if first is None else first + r, theirs))
+                                args=(r, size, init, backend, local[r], theirs))
                 p.start()
                 theirs.close()  # only the follower holds its end now: EOF = rank 0 is gone
                 self.procs.append(p)
@@ -274,6 +381,8 @@ class Leader(Ranks):
         if dist.is_initialized():
             dist.destroy_process_group()
         torch.set_num_threads(self.threads)
+        if self.cuda_before is not None:
+            torch.cuda.set_device(self.cuda_before)
         if os.environ.get(EXTERNAL_ENV) != "1":  # what _join set for transformers' mesh
             for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
                 os.environ.pop(name, None)
@@ -305,25 +414,21 @@ class Follower(Ranks):
         dist.broadcast_object_list(box, src=0, group=self.control)
         message = decode(box[0])
         if isinstance(message, Configure) and self.local_index is not None:
-            message.device = f"cuda:{self.local_index}"   # rank 0's cuda:K is our cuda:K+r
+            message.device = f"cuda:{self.local_index}"   # rank 0 placed us on this GPU
         return message
 
 
-def placement(device: str) -> tuple[str, int]:
-    """What a group is bound to: the device type and the first GPU (followers use the next)."""
-    return ("cuda", device_index(device)) if device.startswith("cuda") else ("cpu", 0)
-
-
-def resize(ranks: Ranks, size: int, device: str, on_lost: Callable[[str], None]) -> Ranks:
-    """Rank 0: the group for a new configuration (followers started or ended to match)."""
+def resize(ranks: Ranks, size: int, devices: list[str], on_lost: Callable[[str], None]) -> Ranks:
+    """Rank 0: the group for a new configuration (followers started or ended to match): a
+    group on other GPUs is a new group."""
     if isinstance(ranks, Follower):
         return ranks
     same_place = (size == 1 or os.environ.get(EXTERNAL_ENV) == "1"   # torchrun placed them
-                  or getattr(ranks, "placement", None) == placement(device))
+                  or getattr(ranks, "placement", None) == tuple(devices))
     if ranks.size == size and not ranks.closed and same_place:
         return ranks
     ranks.close()
-    return Ranks() if size == 1 else Leader(size, device, on_lost)
+    return Ranks() if size == 1 else Leader(size, devices, on_lost)
 
 
 def _free_port() -> int:

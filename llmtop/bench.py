@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, TextIO
 
 from llmtop.engine import catalogue, spec as specs
+from llmtop.profilers import gpu_set
 from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, Error, Generate,
                              ModelInfo, RunDone, RunStarted, Status, Token)
 
@@ -74,6 +75,7 @@ class Plan:
     prompt_lens: list[int] = field(default_factory=lambda: [DEFAULT_PROMPT_LEN])
     new_tokens: list[int] = field(default_factory=lambda: [DEFAULT_NEW_TOKENS])
     tps: list[int] = field(default_factory=lambda: [1])
+    gpus: list[int] | None = None  # --gpus: rank order; a tp=k point runs on the first k
     repeat: int = 3
     warmup: int = 1
     warmup_tokens: int = 16       # new tokens of a warm-up run (all of them for kv=static)
@@ -200,6 +202,18 @@ def plan_from_args(args: argparse.Namespace, saved: Plan | None = None) -> Plan:
         plan.new_tokens = _int_list(args.max_new_tokens, "--max-new-tokens")
     if args.tp is not None:
         plan.tps = _int_list(args.tp, "--tp")
+    if getattr(args, "gpus", None) is not None:
+        try:
+            plan.gpus = gpu_set.parse_gpus(args.gpus)
+            gpu_set.check_named(plan.gpus, len(plan.gpus))   # duplicates
+        except gpu_set.GpuSetError as e:
+            raise BenchError(str(e)) from None
+    if plan.gpus is not None and plan.device == "cpu":
+        raise BenchError("--gpus names GPUs: use --device cuda with it")
+    if plan.gpus is not None and len(plan.gpus) < max(plan.tps):
+        shown = ",".join(map(str, plan.gpus))
+        raise BenchError(f"--gpus {shown} names {len(plan.gpus)} GPUs for --tp up to "
+                         f"{max(plan.tps)}: a tp=k point runs on the first k named")
     if args.repeat is not None:
         if args.repeat < 1:
             raise BenchError("--repeat must be at least 1")
@@ -397,6 +411,19 @@ def power_summary(sampler: Any, t0_ns: int, t1_ns: int, gpus: list[int] | None,
             "energy_j_per_token": energy / tokens if tokens else None,
             "samples": sum(len(v) for v in per_gpu.values()), "gpus": sorted(means),
             "duration_s": duration_s}
+
+
+def rank_gpus(plan: Plan, tp: int) -> list[int] | None:
+    """The GPUs a tp point's ranks run on: the first tp of --gpus, or None (llmtop chooses)."""
+    return None if plan.gpus is None else plan.gpus[:tp]
+
+
+def telemetry_gpus(record: dict[str, Any], device: str, tp: int) -> list[int] | None:
+    """The GPUs whose power a run is charged with: the engine's own ranks as the telemetry
+    numbers them (the run record's model.gpus, the set the engine chose or was given), else
+    the ordinals from the device (right only where CUDA_VISIBLE_DEVICES is unset)."""
+    gpus = (record.get("model") or {}).get("gpus")
+    return list(gpus) if gpus else gpu_indices(device, tp)
 
 
 def gpu_indices(device: str, tp: int) -> list[int] | None:
@@ -718,7 +745,8 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
         # the device can run are known before the plan is laid out
         configs = list(plan.configs)
         probe = Configure(plan.model, plan.device, plan.dtype,
-                          full_opts(configs[0]["opts"], plan.dtype), plan.tps[0])
+                          full_opts(configs[0]["opts"], plan.dtype), plan.tps[0],
+                          rank_gpus(plan, plan.tps[0]))
         _msg(err, f"llmtop bench: starting the engine and loading {plan.model} ...")
         first = session.configure(probe)
         if first.error_kind and configs[0]["name"] == BASELINE:
@@ -767,7 +795,8 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
                 progress.point_done(pt, f"skipped (batch {oom_at[series]} ran out of memory)")
                 continue
             progress.set(pt.label(), "configuring")
-            want = Configure(plan.model, plan.device, plan.dtype, base["opts"], pt.tp)
+            want = Configure(plan.model, plan.device, plan.dtype, base["opts"], pt.tp,
+                             rank_gpus(plan, pt.tp))
             outcome = config_error.get((pt.config, pt.tp))
             if outcome is None:
                 outcome = session.configure(want)
@@ -806,7 +835,7 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
                 tokens = rec["metrics"]["n_tokens"] * pt.batch
                 stamps = [t["t_ns"] for t in rec["tokens"][0]] if rec["tokens"] else []
                 tele = telemetry.summary(rec["start_ns"], stamps[-1] if stamps else rec["start_ns"],
-                                         gpu_indices(device, pt.tp), tokens)
+                                         telemetry_gpus(rec, device, pt.tp), tokens)
                 runs.append(compact_run(rec, tele, res.events))
             progress.done = progress.run_base = point_base + cost(pt)
             point = {**base, "status": status, "runs": runs if status == "ok" else [],
@@ -942,6 +971,9 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--prompt-len", default=None, metavar="2048", help="prompt lengths (default 2048)")
     s.add_argument("--max-new-tokens", default=None, metavar="128", help="new tokens (default 128)")
     s.add_argument("--tp", default=None, metavar="1,2", help="tensor-parallel sizes (default 1)")
+    s.add_argument("--gpus", default=None, metavar="0,1",
+                   help="the ranks' GPUs in rank order, numbered as nvidia-smi numbers them; a "
+                        "tp=k point runs on the first k (default: llmtop picks the best-linked set)")
     s.add_argument("--repeat", type=int, default=None, metavar="N", help="measured runs per point (default 3)")
     s.add_argument("--warmup", type=int, default=None, metavar="N", help="warm-up runs per point (default 1)")
     s.add_argument("--warmup-tokens", type=int, default=None, metavar="N",

@@ -34,6 +34,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=["baseline", "study", "max"],
                    help="a named set of optimizations, applied before --opt")
     g.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs (default 1)")
+    g.add_argument("--gpus", default=None, metavar="0,1",
+                   help="the GPUs of the --tp ranks, rank 0 first, numbered as nvidia-smi and the "
+                        "GPU panel number them (default: llmtop picks the best-linked set)")
     r = p.add_argument_group("request")
     src = r.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (default: the study's 'The largest continent is')")

@@ -25,6 +25,13 @@ def metrics_table(record: dict[str, Any]) -> str:
         f"model     {model['name']}{synthetic}  {model['params'] / 1e6:.1f} M params  "
         f"{model['dtype']} on {model['device']}",
         f"config    {opts}",
+    ]
+    if model.get("tp", 1) > 1 or model.get("gpus"):
+        gpus = model.get("gpus") or []
+        which = f"GPUs {','.join(map(str, gpus))}, " if gpus else ""
+        rows.append(f"ranks     tp {model.get('tp', 1)} on {', '.join(model.get('devices') or [])}"
+                    + (f" ({which}{model['gpu_choice']})" if model.get("gpu_choice") else ""))
+    rows += [
         f"TTFT      {m['ttft_ms']:10.2f} ms   prefill {m['prefill_tokens_per_s']:,.0f} tok/s "
         f"({m['prompt_tokens']} prompt tokens x batch {batch})",
         f"TPOT      {m['tpot_ms']:10.2f} ms   decode {m['decode_tokens_per_s']:,.1f} tok/s",
@@ -51,6 +58,9 @@ def profile_table(p: StepProfile) -> str:
     rows = [f"step profile ({p.steps} steps incl. prefill): {p.step_ms:.2f} ms/step, {unit} busy "
             f"{p.busy_ms:.2f} ms ({busy_pct:.0f}%), idle {p.idle_ms:.2f} ms",
             f"{'kernel':<60} {'calls':>6} {'ms':>9} {'%':>6}"]
+    if getattr(p, "tp", 1) > 1:
+        rows.insert(1, f"collectives: {p.collective_ms:.2f} ms/decode step ({p.collective_pct:.0f}% of each "
+                       f"decode step) in {p.collective_calls} all-reduce / all-gather calls over {p.tp} ranks")
     for k in p.top_kernels[:10]:
         rows.append(f"{k['name'][:60]:<60} {k['calls']:>6} {k['device_ms']:>9.2f} {k['pct']:>5.1f}%")
     if p.device == "gpu" and p.top_host_ops:

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# Fields added with a default keep the version: every older message (and recorded session
+# line) still decodes. A renamed or removed field, or a changed meaning, bumps it.
 PROTOCOL_VERSION = 1
 
 PHASES = ("starting", "loading", "compiling", "capturing", "tuning", "warming", "ready",
@@ -28,6 +30,9 @@ class Configure:
     dtype: str = "bf16"
     opts: dict[str, str] = field(default_factory=dict)
     tp: int = 1
+    # the ranks' GPUs, rank 0 first, numbered as nvidia-smi and the GPU panel number them;
+    # None: llmtop chooses (the best-linked set of the visible GPUs, profilers/gpu_set.py)
+    gpus: list[int] | None = None
 
 
 @dataclass
@@ -85,6 +90,8 @@ class ModelInfo:
     source: str = ""
     tp: int = 1                                       # tensor-parallel ranks
     devices: list[str] = field(default_factory=list)  # each rank's device, rank 0 first
+    gpus: list[int] = field(default_factory=list)     # the same GPUs as nvidia-smi numbers them
+    gpu_choice: str = ""                              # why those GPUs (named, recommended, ...)
 
 
 @dataclass
@@ -100,6 +107,7 @@ class DeviceInfo:
     mem_bw_gb_s: float
     peak_tflops: float
     options: dict[str, dict[str, dict[str, Any]]]
+    gpu_count: int = 0   # GPUs torch sees (after CUDA_VISIBLE_DEVICES): the most TP ranks here
 
 
 @dataclass
@@ -163,6 +171,12 @@ class StepProfile:
     idle_ms: float
     top_kernels: list[dict[str, Any]]  # name, calls, device_ms, pct
     trace_path: str
+    # tensor parallelism: time per decode step inside the ranks' collectives (NCCL kernels on a
+    # GPU, gloo's all-reduce / all-gather work on a CPU) and its share of the decode steps
+    tp: int = 1
+    collective_ms: float = 0.0
+    collective_pct: float = 0.0
+    collective_calls: int = 0          # collectives in the whole window
     # host ops by their own CPU time (name, calls, cpu_ms, pct): where an idle GPU's time goes
     top_host_ops: list[dict[str, Any]] = field(default_factory=list)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from llmtop.engine import catalogue, spec
+from llmtop.profilers import gpu_set
 from llmtop.protocol import Configure, Generate
 
 DEFAULT_PROMPT = "The largest continent is"
@@ -30,7 +31,17 @@ def configure_from_args(args: argparse.Namespace) -> Configure:
         raise UsageError(why)
     if args.tp < 1:
         raise UsageError("--tp must be at least 1")
-    return Configure(model=args.model, device=args.device, dtype=args.dtype, opts=opts, tp=args.tp)
+    gpus = None
+    if getattr(args, "gpus", None) is not None:
+        try:
+            gpus = gpu_set.parse_gpus(args.gpus)
+            gpu_set.check_named(gpus, args.tp)
+        except gpu_set.GpuSetError as e:
+            raise UsageError(str(e)) from None
+        if args.device == "cpu":
+            raise UsageError("--gpus names GPUs: use --device cuda with it")
+    return Configure(model=args.model, device=args.device, dtype=args.dtype, opts=opts, tp=args.tp,
+                     gpus=gpus)
 
 
 def generate_from_args(args: argparse.Namespace, run_id: int = 1) -> Generate:

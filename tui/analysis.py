@@ -8,6 +8,10 @@ from typing import Any
 MEMORY_BOUND_PCT = 70.0    # decode at or above this share of its bandwidth floor
 COMPUTE_BOUND_PCT = 50.0   # prefill at or above this share of its FLOP floor
 LAUNCH_BOUND_BUSY = 60.0   # a GPU busier than this is not waiting on the CPU
+# A decode step that spends this share in its ranks' all-reduces is bound by them: that time
+# does not shrink with more ranks (each all-reduce moves the same activations), so past it more
+# ranks, or faster kernels, buy little; faster links (NVLink over PCIe) or fewer ranks do.
+COLLECTIVE_BOUND_PCT = 30.0
 
 
 def num(value: Any, digits: int = 1, unit: str = "") -> str:
@@ -18,13 +22,35 @@ def num(value: Any, digits: int = 1, unit: str = "") -> str:
     return f"{text} {unit}" if unit else text
 
 
-def bottleneck(device: str, roof: dict[str, Any] | None, gpu_busy_pct: float | None) -> tuple[str, str]:
-    """What bounds the run: (kind, one line). kind: memory | compute | launch | kernel | overhead | none.
+def collective_share(pct: float | None, tp: int) -> str:
+    """The all-reduce share of a decode step in words (tensor parallelism only)."""
+    if tp <= 1:
+        return ""
+    if pct is None or (isinstance(pct, float) and math.isnan(pct)):
+        return f"all-reduce share of a step across {tp} ranks not measured yet (f profiles)"
+    return f"{pct:.0f}% of each decode step in all-reduce across {tp} ranks"
 
-    From the decode and prefill floors (roofline) and, on a GPU, its busy %. Decode reads every
-    weight once a step, so near the bandwidth floor nothing but less data helps; a GPU that is
-    mostly idle between kernels waits on the CPU launching them, which CUDA graphs remove.
+
+def bottleneck(device: str, roof: dict[str, Any] | None, gpu_busy_pct: float | None,
+               collective_pct: float | None = None, tp: int = 1) -> tuple[str, str]:
+    """What bounds the run: (kind, one line).
+    kind: memory | collective | compute | launch | kernel | overhead | none.
+
+    From the decode and prefill floors (roofline), on a GPU its busy %, and with tensor
+    parallelism the share of a decode step in the ranks' collectives (from a step profile).
+    Decode reads every weight once a step, so near the bandwidth floor nothing but less data
+    helps; a GPU that is mostly idle between kernels waits on the CPU launching them, which CUDA
+    graphs remove; ranks that spend a third of each step in all-reduce wait on each other.
     """
+    line = _bottleneck(device, roof, gpu_busy_pct, collective_pct, tp)
+    share = collective_share(collective_pct, tp)
+    if share and line[0] not in ("collective", "none"):
+        return line[0], f"{line[1]}; {share}"
+    return line
+
+
+def _bottleneck(device: str, roof: dict[str, Any] | None, gpu_busy_pct: float | None,
+                collective_pct: float | None, tp: int) -> tuple[str, str]:
     if not roof:
         return "none", "no run measured yet"
     dec = roof.get("decode_pct")
@@ -36,6 +62,10 @@ def bottleneck(device: str, roof: dict[str, Any] | None, gpu_busy_pct: float | N
     if dec >= MEMORY_BOUND_PCT:
         return "memory", (f"memory-bound: decode at {dec:.0f}% of the bandwidth floor "
                           f"({num(gb, 0)} GB/s); only fewer bytes (dtype, batch) go faster")
+    if tp > 1 and collective_pct is not None and collective_pct >= COLLECTIVE_BOUND_PCT:
+        return "collective", (f"collective-bound: {collective_share(collective_pct, tp)}; decode at "
+                              f"{dec:.0f}% of the {tp} devices' floor: faster links or fewer "
+                              f"ranks help")
     if on_gpu and gpu_busy_pct is not None and gpu_busy_pct < LAUNCH_BOUND_BUSY:
         return "launch", (f"launch-bound: GPU busy {gpu_busy_pct:.0f}%, idle between kernels; "
                           f"decode at {dec:.0f}% of its floor: try compile=full (kv=static)")

@@ -44,6 +44,7 @@ from .widgets.numa_panel import NumaPanel
 from .widgets.optimizations import OptimizationsPanel
 from .widgets.run_settings import RunSettings, RunSettingsPanel
 from .widgets.token_stream import TokenStream
+from .widgets.tp_control import TpControl, tp_choices
 
 DEFAULT_PROMPT = PROMPT_SET[0]
 # errors after which the loop pauses: running the same request again would fail the same way
@@ -100,7 +101,7 @@ class LlmtopApp(App):
         configure = configure or Configure()
         self.desired = Configure(configure.model, configure.device, configure.dtype,
                                  {**catalogue.DEFAULTS, **configure.opts, "dtype": configure.dtype},
-                                 configure.tp)
+                                 configure.tp, configure.gpus)
         self.settings = RunSettings.from_request(request or Generate(prompt=DEFAULT_PROMPT),
                                                  DEFAULT_PROMPT)
         self.session = Session()
@@ -208,7 +209,7 @@ class LlmtopApp(App):
     def redraw_all(self) -> None:
         """Every panel from the current data, now (tests call this after feeding events)."""
         for widget in (LlmtopHeader, TokenStream, LatencyPlot, MetricsPanel, ComparisonTable,
-                       OptimizationsPanel, GpuPanel, HostPanel, NumaPanel):
+                       OptimizationsPanel, TpControl, GpuPanel, HostPanel, NumaPanel):
             for w in self._main_query(widget):
                 w.redraw_now()
         self._show_error()
@@ -329,16 +330,21 @@ class LlmtopApp(App):
 
     def _config_needed(self) -> bool:
         applied = self.session.config
-        return applied is None or applied.get("opts") != self.desired.opts
+        return (applied is None or applied.get("opts") != self.desired.opts
+                or int(applied.get("tp") or 1) != self.desired.tp)
 
     def conflict(self) -> str | None:
         return catalogue.conflicts(self.desired.opts)
 
     def pending_changes(self) -> list[str]:
-        applied = (self.session.config or {}).get("opts")
+        config = self.session.config or {}
+        applied = config.get("opts")
         if not applied:
             return []
-        return [f"{a}={v}" for a, v in self.desired.opts.items() if applied.get(a) != v]
+        out = [f"{a}={v}" for a, v in self.desired.opts.items() if applied.get(a) != v]
+        if int(config.get("tp") or 1) != self.desired.tp:
+            out.append(f"tp={self.desired.tp}")
+        return out
 
     def _next(self) -> None:
         """One step of the loop: reconfigure if the user changed options, else the next run."""
@@ -415,19 +421,21 @@ class LlmtopApp(App):
             self._changed(TokenStream, LatencyPlot, MetricsPanel, ComparisonTable, LlmtopHeader)
         elif isinstance(ev, ModelInfo):
             s.on_model(ev)
-            self._changed(LlmtopHeader, MetricsPanel)
+            self._changed(LlmtopHeader, MetricsPanel, TpControl, GpuPanel)
         elif isinstance(ev, DeviceInfo):
             s.on_device(ev)
-            self._changed(OptimizationsPanel, MetricsPanel, LlmtopHeader)
+            self._changed(OptimizationsPanel, TpControl, MetricsPanel, LlmtopHeader)
         elif isinstance(ev, ConfigApplied):
             s.on_config(ev)
             if not isinstance(self.inflight, Configure):
                 # not our request (an adopted engine, a replay): what runs is what we want
                 self.desired.opts = dict(ev.config.get("opts", self.desired.opts))
                 self.desired.dtype = ev.config.get("dtype", self.desired.dtype)
+                self.desired.tp = int(ev.config.get("tp") or 1)
+                self.desired.gpus = ev.config.get("gpus")
             self.desired.device = ev.config.get("device", self.desired.device)
             self._trace_event("config_applied", how=ev.how, seconds=ev.seconds)
-            self._changed(LlmtopHeader, OptimizationsPanel, LatencyPlot, ComparisonTable)
+            self._changed(LlmtopHeader, OptimizationsPanel, TpControl, LatencyPlot, ComparisonTable)
         elif isinstance(ev, EngineEvent):
             s.on_engine_event(ev)
             self._changed(LatencyPlot)
@@ -464,9 +472,11 @@ class LlmtopApp(App):
             if applied:   # back to what runs, so the loop does not retry the same refusal
                 self.desired.opts = dict(applied)
                 self.desired.dtype = applied.get("dtype", self.desired.dtype)
+                self.desired.tp = int((s.config or {}).get("tp") or 1)
+                self.desired.gpus = (s.config or {}).get("gpus")
             else:
                 self._set_error(f"the engine cannot load this configuration: {ev.message}")
-            self._changed(OptimizationsPanel, LlmtopHeader)
+            self._changed(OptimizationsPanel, TpControl, LlmtopHeader)
         elif ev.kind == "not_configured":
             s.config = None           # the engine lost its configuration: send it again
             self.busy = False
@@ -523,6 +533,45 @@ class LlmtopApp(App):
         self._changed(OptimizationsPanel, LlmtopHeader)
         self._next()
         return True
+
+    def select_tp(self, size: int) -> bool:
+        """Choose the tensor-parallel size for the next run (a reload, sharded over `size`
+        ranks); refused, with the reason shown, where the model's heads or the devices do not
+        allow it. A --gpus set of another length is dropped: llmtop then picks the GPUs."""
+        choices = {n: (ok, why) for n, ok, why in self.tp_choices()}
+        ok, why = choices.get(size, (False, "the engine has not reported the model and device yet"
+                                     if not choices else "not a size offered here"))
+        if not ok:
+            self.notify(f"tp={size} cannot run here: {why}", severity="warning", timeout=6)
+            return False
+        if size != self.desired.tp:
+            self.desired.tp = size
+            if self.desired.gpus is not None and len(self.desired.gpus) != size:
+                self.desired.gpus = None
+            self.notify(f"tp={size} from the next run (the model reloads, split over {size} "
+                        f"rank{'s' if size != 1 else ''})", timeout=4)
+        self._changed(TpControl, OptimizationsPanel, LlmtopHeader)
+        self._next()
+        return True
+
+    def tp_choices(self) -> list[tuple[int, bool, str]]:
+        """(size, can run, why not) for the model and device the engine reported ([] before)."""
+        s = self.session
+        if s.model is None or s.device is None:
+            return []
+        return tp_choices(s.model.heads, s.model.kv_heads, s.device.device,
+                          getattr(s.device, "gpu_count", 0))
+
+    def collective_pct(self) -> float | None:
+        """The all-reduce share of a decode step from the last step profile taken at the
+        current TP size (None before one, or with one rank)."""
+        tp = self.session.model.tp if self.session.model else 1
+        if tp <= 1:
+            return None
+        for p in reversed(self.profiles):
+            if getattr(p, "tp", 1) == tp:
+                return p.collective_pct
+        return None
 
     def action_profile(self, steps: int = 8) -> None:
         if "profile_steps" not in Generate.__dataclass_fields__:
@@ -628,6 +677,11 @@ class LlmtopApp(App):
                                 lambda a=binding.action: self.run_action(a))
         yield SystemCommand("Sampling on/off", "toggle sampling (greedy when off) from the next run",
                             self.action_toggle_sampling)
+        for n, ok, why in self.tp_choices():
+            yield SystemCommand(f"Tensor parallel: tp = {n}",
+                                ("apply from the next run (reloads)" + (f": {why}" if why else ""))
+                                if ok else f"unavailable: {why}",
+                                lambda n=n: self.select_tp(n))
         for name in self.llmtop_themes:
             yield SystemCommand(f"Theme: {name}", "switch theme", lambda n=name: setattr(self, "theme", n))
 

@@ -35,19 +35,25 @@ MAX_RUNS_KEPT = 200      # finished runs the session keeps (their records go to 
 PLOT_WINDOW = 400        # steps the latency plot shows
 
 
-def config_label(opts: dict[str, str], batch: int = 1, defaults: dict[str, str] | None = None) -> str:
-    """A configuration in a few words: the options that differ from the defaults, and the batch."""
+def config_label(opts: dict[str, str], batch: int = 1, defaults: dict[str, str] | None = None,
+                 tp: int = 1) -> str:
+    """A configuration in a few words: the options that differ from the defaults, the
+    tensor-parallel size (when > 1) and the batch."""
     from llmtop.engine.catalogue import DEFAULTS
 
     base = DEFAULTS if defaults is None else defaults
     parts = [f"{a}={opts[a]}" for a in AXIS_ORDER if a in opts and opts[a] != base.get(a)]
+    if tp > 1:
+        parts.append(f"tp={tp}")
     label = " ".join(parts) or "defaults"
     return label + (f" bs={batch}" if batch != 1 else "")
 
 
-def config_key(opts: dict[str, str], batch: int, prompt_len: int | None) -> str:
+def config_key(opts: dict[str, str], batch: int, prompt_len: int | None, tp: int = 1) -> str:
+    """A comparison row's identity: runs of another TP size are another configuration."""
     shape = f"len{prompt_len}" if prompt_len else "text"
-    return "|".join(f"{a}={opts.get(a, '')}" for a in AXIS_ORDER) + f"|bs{batch}|{shape}"
+    ranks = f"|tp{tp}" if tp > 1 else ""
+    return "|".join(f"{a}={opts.get(a, '')}" for a in AXIS_ORDER) + f"{ranks}|bs{batch}|{shape}"
 
 
 def latency_class(latency_ms: float, median_ms: float) -> str:
@@ -84,6 +90,7 @@ class Run:
     opts: dict[str, str]
     key: str
     sample: bool = False
+    tp: int = 1
     first_step: int = 0              # global step number of this run's first token (plot x)
     stamps: list[int] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)      # request 0
@@ -198,8 +205,11 @@ class Session:
     def on_config(self, ev: ConfigApplied) -> None:
         old = self.config
         self.config = ev.config
-        if old is not None and old.get("opts") != ev.config.get("opts"):
+        if old is not None and (old.get("opts"), old.get("tp", 1)) != (ev.config.get("opts"),
+                                                                       ev.config.get("tp", 1)):
             changed = [f"{a}={v}" for a, v in ev.config["opts"].items() if old["opts"].get(a) != v]
+            if old.get("tp", 1) != ev.config.get("tp", 1):
+                changed.append(f"tp={ev.config.get('tp', 1)}")
             self.markers.append(Marker(self.steps, "config", " ".join(changed) or ev.how))
         elif old is not None and ev.how == "loaded" and old != ev.config:
             self.markers.append(Marker(self.steps, "config", "reloaded"))
@@ -217,9 +227,10 @@ class Session:
 
     def on_run_started(self, ev: RunStarted, sample: bool = False, prompt_len: int | None = None) -> Run:
         opts = dict((self.config or {}).get("opts", {}))
+        tp = int((self.config or {}).get("tp") or 1)
         run = Run(ev.run_id, ev.prompts[0] if ev.prompts else "", ev.prompt_tokens, ev.batch,
-                  ev.max_new_tokens, ev.t_start_ns, opts, config_key(opts, ev.batch, prompt_len),
-                  sample=sample, first_step=self.steps)
+                  ev.max_new_tokens, ev.t_start_ns, opts, config_key(opts, ev.batch, prompt_len, tp),
+                  sample=sample, tp=tp, first_step=self.steps)
         self.current = run
         self.runs.append(run)
         if len(self.runs) > MAX_RUNS_KEPT:
@@ -262,7 +273,8 @@ class Session:
     def _add_to_row(self, run: Run) -> None:
         row = self.rows.get(run.key)
         if row is None:
-            row = self.rows[run.key] = Row(run.key, config_label(run.opts, run.batch), run.opts, run.batch)
+            row = self.rows[run.key] = Row(run.key, config_label(run.opts, run.batch, tp=run.tp),
+                                           run.opts, run.batch)
         row.runs.append(run)
         if self.baseline is None:
             self.baseline = run.key

@@ -57,3 +57,20 @@ def test_sweep_records_power_and_energy_per_token(tmp_path, monkeypatch, capsys)
     md = (out / "report.md").read_text()
     assert "telemetry: stub power sampled at 10 Hz: mean 250 W" in md
     assert f"| 250 | {point['energy_j_per_token']:.3f} |" in md
+
+
+def test_power_is_charged_to_the_gpus_the_engine_placed_its_ranks_on():
+    """The engine's record names its ranks' GPUs as the telemetry numbers them (model.gpus):
+    a tp=2 run the engine placed on GPUs 2 and 3 (torch's cuda:0 and cuda:1 under
+    CUDA_VISIBLE_DEVICES=2,3) is charged with GPUs 2 and 3, not 0 and 1."""
+    from llmtop.bench import Plan, rank_gpus, telemetry_gpus
+
+    placed = {"model": {"tp": 2, "devices": ["cuda:0", "cuda:1"], "gpus": [2, 3]}}
+    assert telemetry_gpus(placed, "cuda", 2) == [2, 3]
+    # an engine that could not tell (no telemetry library): torch's ordinals from the device
+    assert telemetry_gpus({"model": {"gpus": []}}, "cuda:1", 2) == [1, 2]
+    assert telemetry_gpus({"model": {}}, "cpu", 2) is None
+    # --gpus 3,1,0: a tp=2 point runs on the first two named, tp=1 on the first
+    plan = Plan(gpus=[3, 1, 0], tps=[1, 2])
+    assert rank_gpus(plan, 2) == [3, 1] and rank_gpus(plan, 1) == [3]
+    assert rank_gpus(Plan(), 2) is None

@@ -109,3 +109,50 @@ def test_unknown_theme_exits_2_with_the_choices():
     assert p.returncode == 2
     assert p.stderr.startswith("llmtop: unknown theme 'neon'; choose one of:")
     assert "llmtop-rocm" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_bad_gpu_set_exits_2_with_one_line_before_loading():
+    """--gpus is checked before any engine starts: one GPU per rank, none twice, numbers only."""
+    cases = [
+        (["run", "--headless", "--tp", "2", "--gpus", "0,1,2"],
+         "--gpus 0,1,2 names 3 GPUs for --tp 2: name exactly one GPU per rank"),
+        (["run", "--headless", "--tp", "2", "--gpus", "1,1"],
+         "--gpus 1,1 names GPU 1 twice: each rank needs its own GPU"),
+        (["run", "--headless", "--tp", "2", "--gpus", "0,x"],
+         "--gpus 0,x: give GPU numbers separated by commas, e.g. --gpus 0,1"),
+        (["run", "--headless", "--device", "cpu", "--gpus", "0"],
+         "--gpus names GPUs: use --device cuda with it"),
+        (["bench", "--tp", "1,2", "--gpus", "0", "--out", "unused"],
+         "--gpus 0 names 1 GPUs for --tp up to 2: a tp=k point runs on the first k named"),
+        (["bench", "--tp", "2", "--gpus", "3,3", "--out", "unused"],
+         "--gpus 3,3 names GPU 3 twice: each rank needs its own GPU"),
+        (["bench", "--device", "cpu", "--gpus", "0", "--out", "unused"],
+         "--gpus names GPUs: use --device cuda with it"),
+    ]
+    for args, message in cases:
+        t0 = time.monotonic()
+        p = llmtop(*args)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr.strip() == f"llmtop: {message}", args
+        assert time.monotonic() - t0 < 30   # refused before an engine (and torch) starts
+
+
+def test_headless_tp2_names_the_ranks_and_the_collective_share(tmp_path):
+    """2 ranks over gloo on synthetic:tiny: the table says where the ranks ran, the profile how
+    much of each decode step went to all-reduce; the record keeps both."""
+    out = tmp_path / "tp2.json"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}   # CPU ranks only where torch sees no GPU
+    p = subprocess.run([*LLMTOP, "run", "--headless", "--model", "synthetic:tiny", "--device", "cpu",
+                        "--tp", "2", "--prompt-len", "8", "--max-new-tokens", "8", "--ignore-eos",
+                        "--profile-steps", "3", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "ranks     tp 2 on cpu, cpu" in p.stdout
+    record = json.loads(out.read_text())
+    assert record["model"]["devices"] == ["cpu", "cpu"] and record["model"]["gpus"] == []
+    assert record["config"]["tp"] == 2 and record["config"]["gpus"] is None
+    prof = record["step_profile"]
+    assert prof["tp"] == 2 and prof["collective_calls"] > 0 and prof["collective_ms"] > 0
+    assert (f"collectives: {prof['collective_ms']:.2f} ms/decode step ({prof['collective_pct']:.0f}% "
+            f"of each decode step) in {prof['collective_calls']} all-reduce / all-gather calls over 2 ranks"
+            ) in p.stdout

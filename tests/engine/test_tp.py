@@ -17,7 +17,7 @@ import pytest
 
 from llmtop.engine.client import EngineClient
 from llmtop.protocol import (Configure, Error, Generate, GuardResult, ModelInfo, RunDone, Status,
-                             Stop, Token)
+                             StepProfile, Stop, Token)
 
 from ..conftest import wait_for
 
@@ -91,11 +91,28 @@ def tp1_record(engine):
     return record
 
 
+def profiled(client: EngineClient, run_id: int) -> StepProfile:
+    """A short run with the prefill and 3 decode steps profiled."""
+    client.send(Generate(run_id=run_id, prompt_len=12, batch=1, max_new_tokens=6, ignore_eos=True,
+                         profile_steps=3))
+    seen: list = []
+    wait_for(client, lambda e: isinstance(e, (RunDone, Error)), 180, seen)
+    profiles = [e for e in seen if isinstance(e, StepProfile)]
+    assert len(profiles) == 1, seen[-3:]
+    return profiles[0]
+
+
+def test_one_rank_spends_nothing_in_collectives(engine, tp1_record):
+    p = profiled(engine, 11)
+    assert p.tp == 1 and p.step_ms > 0
+    assert (p.collective_ms, p.collective_pct, p.collective_calls) == (0.0, 0.0, 0)
+
+
 def test_tp2_gives_the_tp1_greedy_tokens(engine, tp1_record):
     ev, seen = configure(engine, Configure(model=TINY, device="cpu", dtype="bf16", tp=2))
     assert isinstance(ev, GuardResult), ev
     info = next(e for e in seen if isinstance(e, ModelInfo))
-    assert (info.tp, info.devices) == (2, ["cpu", "cpu"])
+    assert (info.tp, info.devices, info.gpus) == (2, ["cpu", "cpu"], [])
     assert info.params == tp1_record["model"]["params"]  # the whole model, not one rank's shard
     assert len(followers(engine.pid)) == 1
     record, seen = run(engine, Generate(run_id=2, **REQUEST))
@@ -108,6 +125,28 @@ def test_tp2_gives_the_tp1_greedy_tokens(engine, tp1_record):
     assert all(a.t_ns < b.t_ns for a, b in zip(tokens, tokens[1:]))
     assert record["metrics"]["n_tokens"] == REQUEST["max_new_tokens"]
     json.dumps(record)
+
+
+def test_tp2_profile_reports_the_share_of_each_step_in_collectives(engine, tp1_record):
+    """Two all-reduces per layer and one all-gather of the logits per step, over gloo: the
+    profile counts gloo's spans, per step and as a share of the step."""
+    p = profiled(engine, 12)
+    assert p.tp == 2 and p.device == "cpu" and p.steps == 4
+    layers = tp1_record["model"]["layers"]
+    assert p.collective_calls >= p.steps * (2 * layers + 1)
+    assert 0 < p.collective_ms < p.step_ms and 0 < p.collective_pct < 100
+    # the share is of the decode steps: their time per step times the share is the collectives'
+    decode_ms = 100 * p.collective_ms / p.collective_pct
+    assert decode_ms < p.step_ms * p.steps / (p.steps - 1)   # the prefill is left out
+    assert p.busy_ms > 0   # ATen ops under the decode span still count as busy
+
+
+def test_gpus_on_a_cpu_are_refused_before_loading(engine, tp1_record):
+    ev, seen = configure(engine, Configure(model=TINY, device="cpu", dtype="bf16", tp=2,
+                                           gpus=[0, 1]))
+    assert isinstance(ev, Error) and ev.kind == "config", ev
+    assert ev.message == "--gpus names GPUs: use --device cuda with it"
+    assert not [e for e in seen if isinstance(e, ModelInfo)]
 
 
 def test_a_stop_ends_every_rank_at_the_same_step(engine, tp1_record):

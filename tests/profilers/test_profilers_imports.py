@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-MODULES = ["gpu", "nvml", "amdsmi_backend", "host", "numa", "topology", "sampler", "report"]
+MODULES = ["gpu", "gpu_set", "nvml", "amdsmi_backend", "host", "numa", "topology", "sampler", "report"]
 
 
 def heavy_modules_after(*statements: str) -> str:

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from llmtop.engine import catalogue
-from llmtop.protocol import ConfigApplied, Generate, RunDone, RunStarted, Token
+from llmtop.protocol import ConfigApplied, Configure, Error, Generate, RunDone, RunStarted, Token
 from llmtop.tui import analysis, state, theming
 from llmtop.tui.app import LlmtopApp
 from llmtop.tui.widgets.run_settings import RunSettings
@@ -294,6 +294,132 @@ def test_profile_key_and_profile_screen():
         assert "step profile" in text and "ampere_bf16_gemm_128x64" in text
         assert "18% busy" in text and "launch-bound" in text
         assert app.gpu_busy_pct() == pytest.approx(100 * 8 / 44)
+        app.client = None
+
+    sent: list = []
+    run_app(body)
+
+
+# ---- tensor parallelism: size control, collective share, the engine's GPUs ---------------------
+
+def test_tp_sizes_split_whole_heads_and_fit_the_devices():
+    from llmtop.tui.widgets.tp_control import tp_choices
+
+    # the embedded SmolLM2 (9 heads, 3 KV heads) on a CPU: 2 ranks do not split its heads
+    assert tp_choices(9, 3, "cpu", 0) == [
+        (1, True, ""), (2, False, "does not divide 9 attention heads and 3 KV heads")]
+    assert [(n, ok) for n, ok, _ in tp_choices(8, 4, "cpu", 0)] == [(1, True), (2, True)]
+    # a CPU device where torch sees a GPU: the engine refuses CPU ranks there
+    assert tp_choices(8, 4, "cpu", 2)[1][:2] == (2, False)
+    # Llama-2-70B's shape (64 heads, 8 KV heads) on 8 GPUs; on 3 GPUs only what fits
+    assert [n for n, ok, _ in tp_choices(64, 8, "cuda:0", 8) if ok] == [1, 2, 4, 8]
+    assert [(n, ok) for n, ok, _ in tp_choices(9, 3, "cuda:0", 4)] == [
+        (1, True), (2, False), (3, True), (4, False)]
+    assert [n for n, ok, _ in tp_choices(32, 32, "cuda:0", 3) if ok] == [1, 2]
+
+
+def test_bottleneck_names_the_all_reduce_share_with_several_ranks():
+    roof = {"decode_pct": 30.0, "prefill_pct": 5.0, "achieved_gb_s": 1000.0}
+    kind, line = analysis.bottleneck("cuda:0", roof, 90.0, 45.0, 2)
+    assert kind == "collective"
+    assert line.startswith("collective-bound: 45% of each decode step in all-reduce across 2 ranks")
+    # below the threshold the usual verdict stands, with the share after it
+    kind, line = analysis.bottleneck("cuda:0", roof, 90.0, 12.0, 2)
+    assert kind == "kernel" and line.endswith("; 12% of each decode step in all-reduce across 2 ranks")
+    kind, line = analysis.bottleneck("cuda:0", roof, 90.0, None, 4)
+    assert line.endswith("all-reduce share of a step across 4 ranks not measured yet (f profiles)")
+    # one rank: no collectives, the line is what it always was
+    assert analysis.bottleneck("cuda:0", roof, 90.0, None, 1) == analysis.bottleneck("cuda:0", roof, 90.0)
+
+
+def _tp_model(device: str, gpus: list[int], tp: int = 2):
+    from dataclasses import replace
+
+    devices = [f"cuda:{k}" for k in range(tp)] if device.startswith("cuda") else [device] * tp
+    return replace(fx.MODEL, name="synthetic-tiny", heads=8, kv_heads=4, device=devices[0], tp=tp,
+                   devices=devices, gpus=gpus,
+                   gpu_choice="recommended by the link matrix (NV4)" if gpus else "")
+
+
+def test_profile_screen_and_bottleneck_show_the_collective_share():
+    from llmtop.protocol import StepProfile
+
+    async def body(app, pilot):
+        fx.feed(app)
+        app.handle_event(_tp_model("cpu", [], tp=2))
+        app.handle_event(StepProfile(run_id=3, steps=4, device="cpu", step_ms=50.0, busy_ms=15.0,
+                                     idle_ms=35.0, top_kernels=[{"name": "c10d::allreduce_",
+                                                                 "calls": 50, "device_ms": 9.0,
+                                                                 "pct": 20.0}],
+                                     trace_path="/tmp/trace.json", tp=2, collective_ms=26.1,
+                                     collective_pct=57.4, collective_calls=50))
+        await pilot.pause()
+        text = screen_text(app)
+        assert "collectives over 2 ranks (gloo all-reduce / all-gather): 26.10 ms" in text
+        assert "57% of each decode step in all-reduce" in text
+        assert "collective-bound: 57% of each decode step in all-reduce across 2 ranks" in text
+        await pilot.press("escape")
+        assert app.collective_pct() == pytest.approx(57.4)
+        app.redraw_all()
+        await pilot.pause()
+        assert "bottleneck: collective-bound: 57% of each" in screen_text(app)  # metrics panel
+        # a profile taken at another TP size says nothing of this one
+        app.handle_event(_tp_model("cpu", [], tp=4))
+        assert app.collective_pct() is None
+
+    run_app(body)
+
+
+def test_gpu_panel_marks_the_engines_ranks():
+    async def body(app, pilot):
+        fx.feed(app, gpus=2)
+        app.handle_event(_tp_model("cuda", [1, 0]))
+        await pilot.press("g")
+        app.redraw_all()
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        assert any("engine tp 2 on GPUs 1, 0: recommended by the link matrix" in ln
+                   for ln in lines)
+        gpu1 = next(ln for ln in lines if "GPU1 " in ln and "engine rank" in ln)
+        gpu0 = next(ln for ln in lines if "GPU0 " in ln and "engine rank" in ln)
+        assert "◆ engine rank 0" in gpu1 and "◆ engine rank 1" in gpu0
+        assert any("tp 2: GPUs [0, 1]  ◆ the engine's" in ln for ln in lines)
+
+    run_app(body)
+
+
+def test_tp_control_reconfigures_between_runs():
+    from dataclasses import replace
+
+    async def body(app, pilot):
+        fx.feed(app)
+        # the engine reports a model whose heads 2 ranks split, on a CPU without a GPU
+        app.handle_event(replace(fx.MODEL, heads=8, kv_heads=4))
+        await pilot.pause()
+        app.redraw_all()
+        await pilot.pause()
+        ol = app.query_one("#opt-tp")
+        assert not ol.get_option("tp=2").disabled
+        assert app.select_tp(3) is False and app.desired.tp == 1   # not offered: refused
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Tensor parallel: tp = 2" in titles   # the command palette offers it too
+        ol.focus()
+        ol.highlighted = ol.get_option_index("tp=2")
+        await pilot.press("enter")
+        assert app.desired.tp == 2 and "tp=2" in app.pending_changes()
+        app.client = type("FakeClient", (), {"send": lambda self, c: sent.append(c), "pid": 1})()
+        app.engine_up, app.busy = True, False
+        app._next()
+        assert isinstance(sent[-1], Configure) and sent[-1].tp == 2 and sent[-1].gpus is None
+        # the engine refuses it (say, a follower could not start): back to what runs
+        app.handle_event(Error("config", "tensor-parallel llmtop-tp-rank1 exited (code 1)"))
+        assert app.desired.tp == 1 and app.pending_changes() == []
+        # accepted: the comparison keeps tp=2 runs in their own row
+        app.desired.tp = 2
+        app.handle_event(ConfigApplied({**fx.config(fx.opts()), "tp": 2}, "loaded", 1.0))
+        app.handle_event(RunStarted(9, ["x"], 5, 1, 16, 1_000))
+        assert app.session.current.key.endswith("|tp2|bs1|text")
+        assert any(m.kind == "config" and "tp=2" in m.label for m in app.session.markers)
         app.client = None
 
     sent: list = []

@@ -13,14 +13,20 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from ..analysis import bar
+from ..analysis import COLLECTIVE_BOUND_PCT, bar
 from ..widgets.base import palette
 
 
 def verdict(profile: Any) -> str:
-    """One line on what the split means."""
+    """One line on what the split means: ranks waiting on each other first, since with tensor
+    parallelism the busy share counts the collectives' kernels as work."""
     if not profile.step_ms:
         return "no step was profiled"
+    tp = getattr(profile, "tp", 1)
+    if tp > 1 and profile.collective_pct >= COLLECTIVE_BOUND_PCT:
+        return (f"collective-bound: {profile.collective_pct:.0f}% of each decode step in "
+                f"all-reduce across {tp} ranks: faster links (NVLink) or fewer ranks help more "
+                "than faster kernels")
     busy = profile.busy_ms / profile.step_ms
     what = "GPU" if profile.device == "gpu" else "CPU inside ATen ops"
     if busy < 0.6:
@@ -50,6 +56,12 @@ class ProfileScreen(ModalScreen):
         frac = p.busy_ms / p.step_ms if p.step_ms else None
         head.append(bar(frac, 60), style=f"{v['success']} on {v['panel']}")
         head.append(f"  {0 if frac is None else frac:.0%} busy\n")
+        if getattr(p, "tp", 1) > 1:
+            what = "NCCL kernels" if p.device == "gpu" else "gloo all-reduce / all-gather"
+            head.append(f"collectives over {p.tp} ranks ({what}): {p.collective_ms:.2f} ms of each "
+                        f"decode step, {p.collective_calls} calls\n")
+            head.append(bar(p.collective_pct / 100, 60), style=f"{v['warning']} on {v['panel']}")
+            head.append(f"  {p.collective_pct:.0f}% of each decode step in all-reduce\n")
         head.append(verdict(p) + "\n", style=v["accent"])
         table = Table(box=box.SIMPLE_HEAD, expand=True, header_style=f"bold {v['primary']}")
         table.add_column("kernel / op", overflow="ellipsis", no_wrap=True, ratio=1)

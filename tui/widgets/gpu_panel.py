@@ -49,10 +49,25 @@ class GpuPanel(Static, Coalesced):
             out.append(f"the engine runs on {device}; the host panel shows its CPU load", style="dim")
             update_static(self, out)
             return
+        model = app.session.model
+        ranks = list(getattr(model, "gpus", None) or []) if model is not None else []
+        if model is not None and model.device.startswith("cuda"):
+            out.append("engine ", style="bold")
+            if ranks:
+                out.append(f"tp {model.tp} on GPU{'s' if len(ranks) > 1 else ''} "
+                           f"{', '.join(map(str, ranks))}", style=f"bold {v['accent']}")
+            else:
+                out.append(f"tp {model.tp} on {', '.join(model.devices or [model.device])} (the "
+                           "telemetry cannot tell which GPUs those are)", style=v["accent"])
+            if getattr(model, "gpu_choice", ""):
+                out.append(f": {model.gpu_choice}", style="dim")
+            out.append("\n")
         for static in tel.devices:
             hist = list(tel.gpu.get(static.index, ()))
             s = hist[-1] if hist else None
             out.append(f"GPU{static.index} {static.name}", style=f"bold {v['primary']}")
+            if static.index in ranks:
+                out.append(f"  ◆ engine rank {ranks.index(static.index)}", style=f"bold {v['accent']}")
             out.append(f"  {tel.backend}\n", style="dim")
             if s is None:
                 out.append("  no sample yet\n", style="dim")
@@ -97,7 +112,9 @@ class GpuPanel(Static, Coalesced):
 
                 k = 2
                 while k <= len(topo.indices):
-                    out.append(f"  tp {k}: GPUs {recommend_tp_set(topo, k)}\n", style="dim")
+                    group = recommend_tp_set(topo, k)
+                    mark = "  ◆ the engine's" if sorted(ranks) == group else ""
+                    out.append(f"  tp {k}: GPUs {group}{mark}\n", style="dim")
                     k *= 2
             except Exception as e:  # the recommender must never take the panel down
                 out.append(f"  (no TP recommendation: {e})\n", style="dim")

@@ -83,8 +83,10 @@ class MetricsPanel(Static, Coalesced):
             table.add_row(label, x, y)
         gpu_busy = app.gpu_busy_pct()
         device = session.model.device if session.model else app.desired.device
-        kind, line = bottleneck(device, run_roof, gpu_busy)
+        tp = session.model.tp if session.model else 1
+        kind, line = bottleneck(device, run_roof, gpu_busy, app.collective_pct(), tp)
         colour = {"memory": "success", "launch": "warning", "compute": "success",
+                  "collective": "warning",
                   "kernel": "warning", "overhead": "warning"}.get(kind, "foreground")
         text = Text("bottleneck: ", style="bold")
         text.append(line, style=v[colour])

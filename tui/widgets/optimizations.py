@@ -14,6 +14,7 @@ from textual.widgets.option_list import Option
 from llmtop.engine.catalogue import AXES
 
 from .base import Coalesced, palette
+from .tp_control import TpControl
 
 AXIS_HELP = {
     "attention": "attention kernel (transformers attn_implementation / SDPA backend)",
@@ -42,6 +43,7 @@ class OptimizationsPanel(VerticalScroll, Coalesced):
             yield Label(f"{axis} · {AXIS_HELP[axis]}", classes="axis-label")
             yield OptionList(*[Option(name, id=f"{axis}={name}", disabled=True) for name in options],
                              id=f"opt-{axis}", compact=True)
+        yield TpControl(id="tp-control")
 
     def on_mount(self) -> None:
         self.redraw_now()
