@@ -29,7 +29,7 @@ from typing import Any, Iterator, TextIO
 from llmtop.engine import catalogue, spec as specs
 from llmtop.profilers import gpu_set
 from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, Error, Generate,
-                             ModelInfo, RunDone, RunStarted, Status, Token)
+                             ModelInfo, RunDone, RunStarted, Status, StepProfile, Token)
 
 SCHEMA = "llmtop.bench/1"
 POINTS_FILE = "points.jsonl"
@@ -369,6 +369,13 @@ class Telemetry:
             out["versions"] = self.backend.describe()
         except Exception:
             pass
+        if len(self.devices) > 1:  # the link matrix the tensor-parallel sets were chosen from
+            try:
+                from llmtop.profilers.report import topology_dict
+
+                out["topology"] = topology_dict(self.backend.topology())
+            except Exception as e:  # a vendor library that cannot say must not stop a sweep
+                out["topology_error"] = f"{type(e).__name__}: {e}"
         return out
 
     def start(self, pid: int | None) -> None:
@@ -442,6 +449,7 @@ class Outcome:
     error_kind: str = ""
     message: str = ""
     events: list[dict[str, Any]] = field(default_factory=list)  # EngineEvents (recompiles, ...)
+    profile: dict[str, Any] | None = None   # the run's StepProfile, when it asked for one
 
 
 class EngineSession:
@@ -520,6 +528,7 @@ class EngineSession:
         started = False
         error: Error | None = None
         events: list[dict[str, Any]] = []
+        profile: dict[str, Any] | None = None
         while True:
             ev = self._get()
             if ev is None:
@@ -532,9 +541,11 @@ class EngineSession:
                 self.on_progress("token", ev)
             elif isinstance(ev, EngineEvent):
                 events.append(asdict(ev))
+            elif isinstance(ev, StepProfile) and ev.run_id == req.run_id:
+                profile = asdict(ev)
             elif isinstance(ev, RunDone) and ev.run_id == req.run_id:
                 return Outcome(ev.record, error.kind if error else "", error.message if error else "",
-                               events)
+                               events, profile)
             elif isinstance(ev, Error):
                 if ev.kind in self.FATAL:
                     if ev.kind == "engine_dead":
@@ -809,6 +820,7 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
                 progress.point_done(pt, f"{status}: {outcome.message}")
                 continue
             runs: list[dict[str, Any]] = []
+            collectives: dict[str, float] = {}
             status, error = "ok", ""
             point_base = progress.done
             for i in range(runs_per_point):
@@ -817,8 +829,11 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
                 progress.tokens_expected = new
                 progress.set(pt.label(), f"warm-up {i + 1}/{plan.warmup}" if warm
                              else f"run {i - plan.warmup + 1}/{plan.repeat}")
+                # tensor parallel: the first warm-up profiles a few decode steps for the share
+                # spent in collectives, so the measured runs never pay for the profiler
+                profile = min(4, new - 1) if warm and i == 0 and pt.tp > 1 else 0
                 req = Generate(prompt_len=pt.prompt_len, batch=pt.batch, max_new_tokens=new,
-                               ignore_eos=plan.ignore_eos, seed=plan.seed)
+                               ignore_eos=plan.ignore_eos, seed=plan.seed, profile_steps=profile)
                 res = session.generate(req)
                 progress.run_base += new
                 progress.done = progress.run_base
@@ -831,6 +846,9 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
                     meta = _meta(rec, session, telemetry)
                     store.append(meta)
                 if warm:
+                    if res.profile is not None:
+                        collectives = {k: res.profile[k] for k in (
+                            "collective_ms", "collective_pct", "step_ms", "busy_ms")}
                     continue
                 tokens = rec["metrics"]["n_tokens"] * pt.batch
                 stamps = [t["t_ns"] for t in rec["tokens"][0]] if rec["tokens"] else []
@@ -842,6 +860,10 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
                      "error": error, "unix": time.time()}
             if status == "ok":
                 point["applied"] = session.applied
+                point["gpus"] = rec["model"].get("gpus") or []
+                point["gpu_choice"] = rec["model"].get("gpu_choice", "")
+                if collectives:
+                    point["profiled_step"] = collectives
                 point.update(summarize(runs, pt.batch, pt.prompt_len, meta))
                 bkey = series.replace(f"{pt.config}|", f"{BASELINE}|", 1) + f"|b{pt.batch}"
                 if pt.config == BASELINE:

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmtop.profilers.report import matrix_text
+
 SCHEMA = "llmtop.bench/1"
 AXES = ("attention", "kv", "compile", "gemm", "dtype", "backend")
 MARKERS = ["*", "x", "+", "o", "#", "@", "%", "&", "$", "="]
@@ -332,6 +334,36 @@ def png_charts(results: dict[str, Any], folder: Path) -> tuple[list[Path], str |
     return paths, None
 
 
+def _tp_section(results: dict[str, Any], points: list[dict[str, Any]]) -> list[str]:
+    """Tensor-parallel points: the GPUs each size ran on (and why), the link matrix they were
+    chosen from, and the share of a decode step spent in collectives (from a profiled warm-up)."""
+    tp_points = [p for p in points if p["tp"] > 1 and p["status"] == "ok"]
+    if not tp_points:
+        return []
+    lines = ["", "## Tensor parallelism", ""]
+    sets: dict[int, tuple[str, str]] = {}
+    for p in points:
+        if p["status"] == "ok" and p.get("gpus"):
+            sets.setdefault(p["tp"], (",".join(str(g) for g in p["gpus"]), p.get("gpu_choice", "")))
+    for tp, (gpus, why) in sorted(sets.items()):
+        lines.append(f"- tp {tp}: GPUs {gpus}" + (f" ({why})" if why else ""))
+    topo = (results.get("telemetry") or {}).get("topology")
+    if topo:
+        lines += ["", "Link matrix (NVML; the recommender's pick per TP size below it):", "", "```text",
+                  *matrix_text(topo), "```"]
+    rows = [p for p in tp_points if p.get("profiled_step")]
+    if rows:
+        lines += ["", "Collectives per decode step (torch profiler over 4 decode steps of the "
+                  "point's first warm-up run; measured runs are not profiled):", "",
+                  "| config | tp | batch | profiled step ms | GPU busy ms | in collectives ms | share |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for p in rows:
+            c = p["profiled_step"]
+            lines.append(f"| {p['config']} | {p['tp']} | {p['batch']} | {c['step_ms']:.2f} | "
+                         f"{c['busy_ms']:.2f} | {c['collective_ms']:.2f} | {c['collective_pct']:.0f}% |")
+    return lines
+
+
 def markdown(results: dict[str, Any], pngs: list[Path], png_note: str | None) -> str:
     model = results.get("model") or {}
     plan = results.get("plan") or {}
@@ -390,6 +422,7 @@ def markdown(results: dict[str, Any], pngs: list[Path], png_note: str | None) ->
     if errors:
         lines += [""] + [f"- {p['config']} batch {p['batch']}: {p['status'].upper()}: {p['error']}"
                          for p in errors]
+    lines += _tp_section(results, points)
     text_charts = terminal_charts(results)
     groups = _groups(results)
     several = len(groups) > 1

@@ -98,7 +98,7 @@ def _gib(value: int | None) -> str:
     return NA if value is None else f"{value / GIB:.1f} GiB"
 
 
-def _matrix_text(topo: dict[str, Any]) -> list[str]:
+def matrix_text(topo: dict[str, Any]) -> list[str]:
     """Link labels like nvidia-smi topo -m, then direct-link bandwidth where any is known."""
     indices = topo["indices"]
     head = "        " + "".join(f"{'GPU' + str(i):>8}" for i in indices)
@@ -152,7 +152,7 @@ def info_text(backend: GpuBackend | None = None, pid: int | None = None,
             lines.append(f"    to GPU{index}: {word}")
     if topo["indices"]:
         lines.append(f"Topology ({topo['source']}):")
-        lines += _matrix_text(topo)
+        lines += matrix_text(topo)
     return "\n".join(lines)
 
 
