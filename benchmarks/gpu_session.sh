@@ -71,6 +71,24 @@ for p in json.load(open(sys.argv[1]))["points"]:
           "(expected [1] for tp 1, [0, 1] for tp 2)")
 PY
     ;;
-  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study tp"; exit 2 ;;
+  tpsweep)  # 4 GPUs (nvidia-h100-x4): the TP tests, TP=1 vs 2 with per-GPU telemetry, then
+            # llmtop bench --tp on Llama-2-7B (1,2,4) and Llama-2-70B (2,4, built shard-first)
+    nvidia-smi topo -m | tee "$OUT/topo.txt"
+    python3 -m llmtop info --json > "$OUT/info.json"
+    timeout 170 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_tp_gpu.py 2>&1 \
+      | tee "$OUT/tp_tests.log" | tail -4
+    timeout 130 python3 benchmarks/tp_compare.py --out /tmp/tpc 2>&1 | tail -14
+    timeout 120 python3 -m llmtop bench --model synthetic:llama-2-7b --device cuda --tp 1,2,4 \
+      --batch 1,8 --prompt-len 2048 --max-new-tokens 64 --repeat 1 --warmup 1 --warmup-tokens 8 \
+      --opt attention=flash --out /tmp/bench7b 2>&1 | grep -v "^ " | tail -8
+    timeout 170 python3 -m llmtop bench --model synthetic:llama-2-70b --device cuda --tp 4,2 \
+      --batch 1,4 --prompt-len 2048 --max-new-tokens 32 --repeat 1 --warmup 1 --warmup-tokens 8 \
+      --preset baseline --out /tmp/bench70b 2>&1 | grep -v "^ " | tail -8
+    for d in /tmp/bench7b /tmp/bench70b; do
+      [ -s $d/points.jsonl ] && [ ! -s $d/report.md ] && python3 -m llmtop bench --out $d --report-only
+    done
+    cp "$LLMTOP_CACHE/engine.log" /tmp/tpc/ 2>/dev/null
+    tar czf "$OUT/tpsweep.tgz" -C /tmp tpc bench7b bench70b 2>/dev/null; ls -la "$OUT" ;;
+  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study tp tpsweep"; exit 2 ;;
 esac
 cp "$LLMTOP_CACHE/engine.log" "$OUT/engine.log" 2>/dev/null
