@@ -123,6 +123,12 @@ def check(spec: specs.ModelSpec, device: str, size: int, opts: dict[str, str]) -
             raise catalogue.OptionError(
                 f"--tp {size} from {device} needs cuda:{first}..cuda:{first + size - 1}, but torch "
                 f"sees {visible} GPU{'s' if visible != 1 else ''} (CUDA_VISIBLE_DEVICES picks them)")
+    elif device.startswith("cuda"):  # plain cuda: the ranks' GPUs are placed from the topology
+        visible = torch.cuda.device_count()
+        if size > visible:
+            raise catalogue.OptionError(
+                f"--tp {size} needs {size} GPUs, but torch sees {visible} "
+                f"(CUDA_VISIBLE_DEVICES picks them)")
     elif torch.cuda.is_available():
         raise catalogue.OptionError(
             "--tp > 1 runs on the CPU only where torch sees no GPU (transformers builds its "

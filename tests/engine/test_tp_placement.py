@@ -80,3 +80,21 @@ def test_refusals_are_one_line_option_errors(box, device, size, named, message):
     with pytest.raises(catalogue.OptionError) as err:
         tp.place(device, size, named)
     assert str(err.value) == message
+
+
+def test_plain_cuda_passes_the_up_front_check_when_enough_gpus_are_seen(monkeypatch):
+    """Seen on a 4-GPU machine: `--device cuda --tp 2` was refused as if it were the CPU."""
+    import pytest
+    import torch
+
+    from llmtop.engine import catalogue, tp
+    from llmtop.engine.spec import resolve
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    tp.check(resolve("synthetic:tiny"), "cuda", 2, {})
+    tp.check(resolve("synthetic:tiny"), "cuda", 4, {})
+    with pytest.raises(catalogue.OptionError, match="needs 8 GPUs, but torch sees 4"):
+        tp.check(resolve("synthetic:llama-2-7b"), "cuda", 8, {})
+    with pytest.raises(catalogue.OptionError, match="use --device cuda"):
+        tp.check(resolve("synthetic:tiny"), "cpu", 2, {})
