@@ -6,7 +6,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/llmtop-out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/site . || exit 1
 export PYTHONPATH=/tmp/site LLMTOP_CACHE=$PWD/.devcache PYTHONUNBUFFERED=1
 # run outside the checkout: its llmtop/ folder would shadow the installed package
 REPO=$PWD; rm -rf /tmp/work; mkdir -p /tmp/work; cp -r tests benchmarks /tmp/work/; cd /tmp/work
@@ -73,6 +73,7 @@ PY
     ;;
   tpsweep)  # 4 GPUs (nvidia-h100-x4): the TP tests, TP=1 vs 2 with per-GPU telemetry, then
             # llmtop bench --tp on Llama-2-7B (1,2,4) and Llama-2-70B (2,4, built shard-first)
+    rm -rf /tmp/tpc /tmp/bench7b /tmp/bench70b
     nvidia-smi topo -m | tee "$OUT/topo.txt"
     python3 -m llmtop info --json > "$OUT/info.json"
     timeout 170 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_tp_gpu.py 2>&1 \
