@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from optimizations import until  # the same event wait as the single-GPU benchmark (this folder)
-from llmtop.engine.client import EngineClient
+from llmtop.engine.client import EngineClient, needs_fresh_engine
 from llmtop.profilers.gpu import detect_backend
 from llmtop.profilers.sampler import Sampler
 from llmtop.protocol import (Configure, DeviceInfo, Error, Generate, GuardResult, ModelInfo,
@@ -120,10 +120,16 @@ def main() -> None:
     header: dict = {"gpus": {}, "ranks": {}}
     results: list[dict] = []
     try:
+        applied = None
         for tp in tps:
             t0 = time.perf_counter()
-            client.send(Configure(args.model, args.device, args.dtype, opts, tp,
-                                  named[:tp] if named else None))
+            want = Configure(args.model, args.device, args.dtype, opts, tp,
+                             named[:tp] if named else None)
+            if needs_fresh_engine(applied, want):  # a GPU group ends with its process
+                client.close()
+                client = EngineClient()
+                client.start()
+            client.send(want)
             ev, seen = until(client, (GuardResult, Error))
             if isinstance(ev, Error):
                 print(f"tp={tp}: {ev.message}", flush=True)
@@ -141,6 +147,7 @@ def main() -> None:
                     ranks = list(e.gpus)
                     header["ranks"][str(tp)] = {"gpus": ranks, "devices": e.devices,
                                                 "why": e.gpu_choice}
+            applied = {"tp": tp, "gpus": want.gpus, "device": want.device}
             guard = ev.status + (f" at {ev.diverged_at}" if ev.diverged_at is not None else "")
             setup_s = time.perf_counter() - t0
             for d in statics:

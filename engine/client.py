@@ -13,7 +13,7 @@ import threading
 from multiprocessing.connection import wait
 from typing import Any, Callable
 
-from llmtop.protocol import Error, Shutdown, decode, encode
+from llmtop.protocol import Configure, Error, Shutdown, decode, encode
 
 from . import spec, worker
 
@@ -116,3 +116,19 @@ class EngineClient:
                     self._deliver(Error("engine_dead", f"the engine process died ({how})",
                                         recoverable=True))
                 return
+
+
+def needs_fresh_engine(applied: dict[str, Any] | None, new: Configure) -> bool:
+    """Whether `new` must go to a new engine process rather than the one that applied `applied`.
+
+    A tensor-parallel group on GPUs ends with its process: on 4 x H200 (torch 2.11, NCCL), rank
+    0 died with SIGSEGV when the engine replaced a 2-GPU group by a 4-GPU one, and when a group
+    was torn down, while a fresh process ran the 4-GPU group fine. So another TP size, GPU set
+    or device after a multi-GPU group gets a fresh engine; CPU (gloo) groups are rebuilt in place.
+    """
+    if not applied or int(applied.get("tp") or 1) <= 1:
+        return False
+    if not str(applied.get("device", "")).startswith("cuda"):
+        return False
+    return ((int(applied.get("tp") or 1), applied.get("gpus"), applied.get("device"))
+            != (new.tp, new.gpus, new.device))

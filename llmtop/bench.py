@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, TextIO
 
 from llmtop.engine import catalogue, spec as specs
+from llmtop.engine.client import needs_fresh_engine
 from llmtop.profilers import gpu_set
 from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, Error, Generate,
                              ModelInfo, RunDone, RunStarted, Status, StepProfile, Token)
@@ -488,6 +489,7 @@ class EngineSession:
             self.client.close()
             self.client = None
         self.current = None
+        self.applied = None
 
     def _get(self) -> Any:
         try:
@@ -498,6 +500,8 @@ class EngineSession:
     def configure(self, cfg: Configure) -> Outcome:
         if self.current == cfg:
             return Outcome()
+        if needs_fresh_engine(self.applied, cfg):
+            self.restart()
         self.current = None
         self.client.send(cfg)
         while True:

@@ -24,6 +24,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from llmtop.engine import catalogue
+from llmtop.engine.client import needs_fresh_engine
 from llmtop.session_log import SessionWriter
 from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, Error, Generate,
                              ModelInfo, RunDone, RunStarted, Status, Stop, Token)
@@ -351,6 +352,10 @@ class LlmtopApp(App):
         if not self.engine_up or self.busy or self.error or self.client is None or self._closing:
             return
         if self._config_needed() and not self.conflict():
+            if needs_fresh_engine(self.session.config, self.desired):
+                self.notify("a new tensor-parallel group starts a new engine process", timeout=3)
+                self._launch_engine()
+                return
             self._send(replace(self.desired, opts=dict(self.desired.opts)))
             return
         if self.session.config is None or self.paused:
