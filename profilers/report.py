@@ -111,10 +111,13 @@ def matrix_text(topo: dict[str, Any]) -> list[str]:
             cells = ("-" if link["bandwidth_gbps"] is None else f"{link['bandwidth_gbps']:g}"
                      for link in row)
             lines.append(f"  {'GPU' + str(i):<6}" + "".join(f"{c:>8}" for c in cells))
+    # a link's score is its bandwidth where the driver reports one, else its NVLink count
+    known = any(link["bandwidth_gbps"] for row in topo["links"] for link in row)
+    unit = " GB/s" if known else " NVLinks (no speed reported)"
     for k, rec in topo["recommended_tp"].items():
         gpus = ",".join(str(g) for g in rec["gpus"])
         lines.append(f"  TP={k}: GPUs {gpus} (weakest link it must cross: "
-                     f"{rec['weakest_link']:g}{' GB/s' if rec['weakest_link'] else ', host path'})")
+                     f"{rec['weakest_link']:g}{unit if rec['weakest_link'] else ', host path'})")
     return lines
 
 

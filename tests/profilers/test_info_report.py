@@ -142,3 +142,14 @@ def test_run_top_without_a_gpu_says_why_and_fails():
 def test_format_cpulist():
     assert format_cpulist([0, 1, 2, 3, 8, 10, 11]) == "0-3,8,10-11"
     assert format_cpulist([]) == ""
+
+
+def test_a_link_count_is_not_printed_as_bandwidth():
+    """Seen on 4 x H200 under a VM: NVML gave NV18 links but no link speed."""
+    from llmtop.profilers.report import matrix_text
+
+    link = {"kind": "nvlink", "label": "NV18", "bandwidth_gbps": None, "links": 18}
+    me = {"kind": "self", "label": "X", "bandwidth_gbps": None, "links": None}
+    topo = {"indices": [0, 1], "links": [[me, link], [link, me]],
+            "recommended_tp": {"2": {"gpus": [0, 1], "weakest_link": 18.0}}}
+    assert matrix_text(topo)[-1] == "  TP=2: GPUs 0,1 (weakest link it must cross: 18 NVLinks (no speed reported))"
