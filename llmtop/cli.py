@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from llmtop import __version__
+from llmtop.engine.threads import ThreadsError
 
 EPILOG = """examples:
   llmtop                                         the dashboard on the embedded SmolLM2-135M
@@ -34,6 +35,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=["baseline", "study", "max"],
                    help="a named set of optimizations, applied before --opt")
     g.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs (default 1)")
+    g.add_argument("--engine-threads", default=None, metavar="N|auto",
+                   help="CPU threads for the engine's torch ops (default auto, or the "
+                        "LLMTOP_ENGINE_THREADS variable): torch's default headless; beside the "
+                        "dashboard one core fewer when torch would take every core, so the UI "
+                        "does not stall the engine's OpenMP team")
     r = p.add_argument_group("request")
     src = r.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (default: the study's 'The largest continent is')")
@@ -149,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dashboard.main(args)
     except KeyboardInterrupt:
         return 130
+    except ThreadsError as e:  # a bad LLMTOP_ENGINE_THREADS met by a command without the flag
+        print(f"llmtop: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -100,6 +100,9 @@ class DeviceInfo:
     mem_bw_gb_s: float
     peak_tflops: float
     options: dict[str, dict[str, dict[str, Any]]]
+    threads: int = 0        # the engine's CPU threads for torch ops (0: not reported)
+    cpus: int = 0           # CPUs the engine may run on
+    threads_note: str = ""  # why threads differs from torch's default (engine/threads.py)
 
 
 @dataclass

@@ -89,10 +89,13 @@ class LlmtopApp(App):
                  theme_name: str | None = None, *, start_engine: bool = True, telemetry: bool = True,
                  client: Any = None, session_dir: str | Path | None = None,
                  telemetry_hz: float = 4.0, record: str | Path | None = None,
-                 replay: Any = None) -> None:
+                 replay: Any = None, engine_threads: int | None = None) -> None:
         """`record`: a JSONL session file the engine events are appended to as they arrive.
-        `replay`: a session_log.ReplaySource played instead of an engine (llmtop replay)."""
+        `replay`: a session_log.ReplaySource played instead of an engine (llmtop replay).
+        `engine_threads`: the engine's CPU threads; None keeps a core for this UI when torch
+        would take them all (engine/threads.py says why)."""
         super().__init__()
+        self.engine_threads = engine_threads
         self.replay = replay
         if replay is not None:
             start_engine = telemetry = False
@@ -255,8 +258,9 @@ class LlmtopApp(App):
                 old.close()
             if self._closing:
                 return
-            client = EngineClient(on_event=lambda ev: self.post_message(EngineEventMessage(ev, generation)))
             try:
+                client = EngineClient(on_event=lambda ev: self.post_message(EngineEventMessage(ev, generation)),
+                                      threads=self.engine_threads, ui_attached=True)
                 client.start()
             except Exception as e:  # spawning can fail (no memory, no fds)
                 self.post_message(EngineStarted(None, generation, f"{type(e).__name__}: {e}"))

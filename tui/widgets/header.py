@@ -64,6 +64,9 @@ class LlmtopHeader(Widget, Coalesced):
             dev = model.device + (f" ({device.name})" if device is not None else "")
             tp = (session.config or {}).get("tp", 1)
             line.append(dev + (f" × tp {tp}" if tp and tp > 1 else ""))
+            if device is not None and device.threads and (model.device == "cpu" or device.threads_note):
+                line.append(f" · {device.threads} of {device.cpus} threads",
+                            style=v["warning"] if device.threads_note else "")
         else:
             line.append(f"{app.desired.model} on {app.desired.device}", style="bold")
         opts = (session.config or {}).get("opts", {})
@@ -92,6 +95,8 @@ class LlmtopHeader(Widget, Coalesced):
         pending = app.pending_changes()
         if pending:
             badges.append(" next run: " + " ".join(pending) + " ", style=f"bold {v['accent']}")
+        if device is not None and device.threads_note:  # what is measured differs from headless
+            badges.append(f" {device.threads_note}", style=v["warning"])
         line.append("\n")
         line.append_text(badges)
         return line
