@@ -69,6 +69,6 @@ def plan(request: int | None, default: int, usable: int, ui_attached: bool) -> T
     if ui_attached and usable > UI_CORES and default > usable - UI_CORES:
         threads = usable - UI_CORES
         return ThreadPlan(threads, default, usable,
-                          f"{default - threads} of {usable} cores kept for the dashboard "
+                          f"{usable - threads} of {usable} cores kept for the dashboard "
                           f"(--engine-threads {default} to use them)")
     return ThreadPlan(default, default, usable, "")
