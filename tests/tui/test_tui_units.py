@@ -189,6 +189,15 @@ def test_run_settings_validate_and_build_requests():
     for name, bad in (("batch", "0"), ("batch", "x"), ("max_new_tokens", "-1"), ("top_p", "1.5")):
         with pytest.raises(ValueError):
             s.with_field(name, bad)
+    # every request field the CLI set survives into the loop's requests; chat and seeds per run
+    cli = Generate(messages=[{"role": "user", "content": "Why?"}], batch=2, max_new_tokens=5,
+                   sample=True, temperature=0.5, top_p=0.8, top_k=7, seed=3, ignore_eos=True,
+                   profile_steps=4)
+    req = RunSettings.from_request(cli, "The largest continent is").request(run_id=2, index=0)
+    assert type(req) is Generate and req.messages == cli.messages and req.prompt is None
+    assert (req.batch, req.max_new_tokens, req.temperature, req.top_p, req.top_k, req.ignore_eos) == \
+        (2, 5, 0.5, 0.8, 7, True)
+    assert req.seed == 3 + 2 and req.profile_steps == 0   # profiles are asked for with f
 
 
 def run_app(body, size: tuple[int, int] = (160, 50), **kw):
