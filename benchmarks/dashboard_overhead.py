@@ -278,8 +278,10 @@ def main() -> int:
                 rnd["ratios"]["dashboard/headless-same-threads"] = ratio(
                     rnd["median_ms"]["dashboard"], rnd["median_ms"]["headless-same-threads"])
             rounds.append(rnd)
+            ui = rnd["sessions"].get("dashboard", {}).get("ui_cpu_pct")
             print("  " + "  ".join(f"{v} {fmt(m, 'ms', 1)}" for v, m in rnd["median_ms"].items())
-                  + f"  load {rnd['load_before'][0]:.2f}->{rnd['load_after'][0]:.2f}", flush=True)
+                  + f"  UI {fmt(ui, '%', 1)}  load {rnd['load_before'][0]:.2f}->{rnd['load_after'][0]:.2f}",
+                  flush=True)
 
     sessions = [s for r in rounds for s in r["sessions"].values()]
     dash = [s for r in rounds for v, s in r["sessions"].items() if v == "dashboard"]

@@ -223,7 +223,8 @@ class LlmtopApp(App):
             self._launch_engine()
 
     def on_resize(self, event: events.Resize) -> None:
-        self._fit_layout(event.size)   # self.size catches up only after this event
+        if self._drawn:   # before on_mount the panels are not there; on_mount fits them
+            self._fit_layout(event.size)   # self.size catches up only after this event
 
     def _fit_layout(self, size: Size | None = None) -> None:
         """Side by side on wide terminals; below STACK_BELOW columns the panels stack in one
