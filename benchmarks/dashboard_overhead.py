@@ -21,8 +21,9 @@ device, prompt and token count (--ignore-eos, so every run has exactly the same 
 
 Every round runs each variant once, in an order that rotates from round to round, so drift on a
 shared machine hits them alike; each round's ratio compares runs minutes apart, and the figure
-reported is the median of the rounds' ratios, with the load average of each round. --json FILE
-keeps every number.
+reported is the median of the rounds' ratios, with the load average of each round. The last
+line, OVERHEAD, is the acceptance figure: the dashboard against headless with the same engine
+threads. --json FILE keeps every number.
 """
 
 from __future__ import annotations
@@ -316,6 +317,18 @@ def main() -> int:
     for n in ratio_names:
         per = ", ".join(fmt(r["ratios"][n], "", 3).strip() for r in rounds)
         print(f"ratio {n:<37} {fmt(figures['ratios'][n], '', 3).strip()}  (median of rounds: {per})")
+    # the acceptance figure: the dashboard against headless with the same engine threads
+    same = "dashboard/headless-same-threads" if "dashboard/headless-same-threads" in figures["ratios"] \
+        else "dashboard/headless" if dash_k == default_k else None
+    overhead = figures["ratios"].get(same) if same else None
+    figures["overhead_pct"] = None if overhead is None else 100 * (overhead - 1)
+    if overhead is None:
+        print("OVERHEAD n/a: add headless-same-threads to --variants (the dashboard's engine runs "
+              f"{dash_k} threads, headless {default_k})")
+    else:
+        print(f"OVERHEAD of the dashboard on TPOT: {100 * (overhead - 1):+.1f} % (ratio {overhead:.3f}, "
+              f"{same.replace('/', ' / ')}, {dash_k} engine threads each; goal at most +2 %: "
+              f"{'met' if overhead <= 1.02 else 'NOT met'})")
     if a.json:
         Path(a.json).write_text(json.dumps(figures, indent=1))
         print(f"written to {a.json}")
