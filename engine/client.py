@@ -16,17 +16,24 @@ from typing import Any, Callable
 from llmtop.protocol import Configure, Error, Shutdown, decode, encode
 
 from . import spec, worker
+from . import threads as engine_threads
 
 
 class EngineClient:
     def __init__(self, on_event: Callable[[Any], None] | None = None,
-                 log_path: str | None = None) -> None:
+                 log_path: str | None = None, threads: int | None = None,
+                 ui_attached: bool = False) -> None:
         """`on_event`, if given, is called on the reader thread for every event (else: queue).
 
         The engine's stdout and stderr go to `log_path` (default: engine.log in the cache dir)
-        so that library progress bars never scribble over a dashboard.
+        so that library progress bars never scribble over a dashboard. `threads` fixes the
+        engine's CPU thread count; None lets engine/threads.py choose, which keeps a core free
+        when `ui_attached` (a dashboard competes with the engine's OpenMP team otherwise).
         """
         self.on_event = on_event
+        # the environment variable reaches every engine (bench, scripts), the flag only the CLI's
+        self.threads = threads if threads is not None else engine_threads.parse(engine_threads.requested(None))
+        self.ui_attached = ui_attached
         self.log_path = log_path or str(spec.cache_dir() / "engine.log")
         self.events: queue.Queue = queue.Queue()
         self.process: mp.process.BaseProcess | None = None
@@ -37,7 +44,9 @@ class EngineClient:
     def start(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=worker.main, args=(child, self.log_path), name="llmtop-engine",
+        self.process = ctx.Process(target=worker.main,
+                                   args=(child, self.log_path, self.threads, self.ui_attached),
+                                   name="llmtop-engine",
                                    daemon=True)
         self._closing = False
         self.process.start()

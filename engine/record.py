@@ -44,6 +44,7 @@ def machine() -> dict[str, Any]:
     try:
         import torch
 
+        info["engine_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             for i in range(torch.cuda.device_count()):
                 p = torch.cuda.get_device_properties(i)

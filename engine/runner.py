@@ -17,7 +17,7 @@ from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, Error, Genera
                              ModelInfo, RunDone,
                              RunStarted, Status, Token)
 
-from . import catalogue, ceilings, generate, guard, models, paged, record, tp, watch
+from . import catalogue, ceilings, generate, guard, models, paged, record, threads, tp, watch
 from .step_profile import StepProfiler
 from . import spec as specs
 
@@ -27,8 +27,10 @@ RECOMPILE_LIMIT = torch._dynamo.config.recompile_limit  # the study's per-layer 
 
 
 class Engine:
-    def __init__(self, emit: Emit, stop: threading.Event, ranks: tp.Ranks | None = None) -> None:
+    def __init__(self, emit: Emit, stop: threading.Event, ranks: tp.Ranks | None = None,
+                 thread_plan: threads.ThreadPlan | None = None) -> None:
         self.emit = emit
+        self.thread_plan = thread_plan
         self.stop = stop
         # tensor parallelism (engine/tp.py): rank 0 mirrors every Configure / Generate to its
         # followers, which run this same class in lockstep with their events discarded
@@ -104,7 +106,9 @@ class Engine:
         self.emit(DeviceInfo(self.device, self.ceilings["device_name"], self.ceilings["mem_bw_gb_s"],
                              self.ceilings["peak_tflops"],
                              catalogue.as_dict(catalogue.availability(cfg.device)),
-                             torch.cuda.device_count() if torch.cuda.is_available() else 0))
+                             torch.cuda.device_count() if torch.cuda.is_available() else 0,
+                             threads=torch.get_num_threads(), cpus=threads.usable_cpus(),
+                             threads_note=self.thread_plan.reason if self.thread_plan else ""))
         self.emit(ConfigApplied(asdict(cfg), "loaded" if reload else "in place",
                                 time.perf_counter() - t0))
         phase = "compiling" if opts["compile"] != "off" else "warming"

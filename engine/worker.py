@@ -17,7 +17,10 @@ from typing import Any
 from llmtop.protocol import Configure, Error, Generate, Shutdown, Status, Stop, decode, encode
 
 
-def main(conn: Connection, log_path: str | None = None) -> None:
+def main(conn: Connection, log_path: str | None = None, threads_request: int | None = None,
+         ui_attached: bool = False) -> None:
+    """`threads_request`: the engine's CPU thread count (None: automatic, see engine/threads.py);
+    `ui_attached`: a dashboard shares this machine, so automatic leaves it a core."""
     if log_path:
         _redirect_output(log_path)
     # Ctrl-C belongs to the owner, which shuts us down in order; we must not die mid-send.
@@ -48,10 +51,14 @@ def main(conn: Connection, log_path: str | None = None) -> None:
     emit(Status("starting", "importing torch and transformers"))
     import torch
 
-    from . import catalogue, spec
+    from . import catalogue, spec, threads
     from .runner import Engine
 
-    engine = Engine(emit, stop)
+    # before the first parallel op, so OpenMP builds its team once at this size
+    thread_plan = threads.plan(threads_request, torch.get_num_threads(), threads.usable_cpus(),
+                               ui_attached)
+    torch.set_num_threads(thread_plan.threads)
+    engine = Engine(emit, stop, thread_plan=thread_plan)
     emit(Status("ready", "waiting for a configuration"))
     while True:
         message = inbox.get()

@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from llmtop import __version__
+from llmtop.engine.threads import ThreadsError
 
 EPILOG = """examples:
   llmtop                                         the dashboard on the embedded SmolLM2-135M
@@ -37,6 +38,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus", default=None, metavar="0,1",
                    help="the GPUs of the --tp ranks, rank 0 first, numbered as nvidia-smi and the "
                         "GPU panel number them (default: llmtop picks the best-linked set)")
+    g.add_argument("--engine-threads", default=None, metavar="N|auto",
+                   help="CPU threads for the engine's torch ops (default auto, or the "
+                        "LLMTOP_ENGINE_THREADS variable): torch's default headless; beside the "
+                        "dashboard one core fewer when torch would take every core, so the UI "
+                        "does not stall the engine's OpenMP team")
     r = p.add_argument_group("request")
     src = r.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (default: the study's 'The largest continent is')")
@@ -152,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dashboard.main(args)
     except KeyboardInterrupt:
         return 130
+    except ThreadsError as e:  # a bad LLMTOP_ENGINE_THREADS met by a command without the flag
+        print(f"llmtop: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ import sys
 import time
 
 from llmtop.engine import spec
-from llmtop.settings import UsageError, configure_from_args, generate_from_args
+from llmtop.settings import UsageError, configure_from_args, engine_threads_from_args, generate_from_args
 
 
 def main(args: argparse.Namespace) -> int:
     try:
         configure = configure_from_args(args)
         request = generate_from_args(args)
+        threads = engine_threads_from_args(args)
     except UsageError as e:
         print(f"llmtop: {e}", file=sys.stderr)
         return 2
@@ -28,6 +29,7 @@ def main(args: argparse.Namespace) -> int:
 
     record = args.record or str(spec.cache_dir() / "sessions" /
                                 time.strftime("session-%Y%m%d-%H%M%S.jsonl"))
-    app = LlmtopApp(configure=configure, request=request, theme_name=args.theme, record=record)
+    app = LlmtopApp(configure=configure, request=request, theme_name=args.theme, record=record,
+                    engine_threads=threads)
     app.run()
     return app.return_code or 0

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from llmtop.engine.client import EngineClient
 from llmtop.protocol import ConfigApplied, Error, RunDone, Status, StepProfile, Stop, Token
-from llmtop.settings import UsageError, configure_from_args, generate_from_args
+from llmtop.settings import UsageError, configure_from_args, engine_threads_from_args, generate_from_args
 
 
 def metrics_table(record: dict[str, Any]) -> str:
@@ -96,9 +96,10 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.s
     try:
         configure = configure_from_args(args)
         request = generate_from_args(args)
+        threads = engine_threads_from_args(args)
     except UsageError as e:
         return _fail(str(e), 2)
-    client = EngineClient()
+    client = EngineClient(threads=threads)
     client.start()
     record = None
     try:

@@ -11,7 +11,7 @@ def collect(device: str) -> dict[str, Any]:
     """Versions, devices and the catalogue's availability for `device` (imports torch)."""
     import torch
 
-    from llmtop.engine import catalogue, record, spec
+    from llmtop.engine import catalogue, record, spec, threads
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -28,7 +28,23 @@ def collect(device: str) -> dict[str, Any]:
         "synthetic_shapes": list(spec.SYNTHETIC_SHAPES),
         "options": catalogue.as_dict(catalogue.availability(device)),
         "presets": catalogue.PRESETS,
+        "engine_threads": _threads(threads, torch.get_num_threads()),
     }
+
+
+def _threads(threads: Any, default: int) -> dict[str, Any]:
+    """The engine's CPU threads headless and beside the dashboard, and why they differ."""
+    try:
+        request = threads.parse(threads.requested(None))
+    except threads.ThreadsError as e:
+        return {"error": str(e)}
+    usable = threads.usable_cpus()
+    out = {}
+    for where, ui in (("headless", False), ("dashboard", True)):
+        p = threads.plan(request, default, usable, ui)
+        out[where] = {"threads": p.threads, "cpus": p.usable, "torch_default": p.default,
+                      "reason": p.reason}
+    return out
 
 
 def _telemetry() -> tuple[dict[str, Any] | None, str]:
@@ -49,6 +65,13 @@ def render(data: dict[str, Any]) -> str:
                      f"{gpu['sm_count']} SMs")
     if not data["machine"]["gpus"]:
         lines.append("gpu       none visible to torch: everything runs on the CPU")
+    t = data.get("engine_threads", {})
+    if "error" in t:
+        lines.append(f"threads   {t['error']}")
+    elif t:
+        h, d = t["headless"], t["dashboard"]
+        lines.append(f"threads   engine {h['threads']} of {h['cpus']} CPUs headless, {d['threads']} beside "
+                     f"the dashboard" + (f": {d['reason']}" if d["reason"] else ""))
     lines += [f"embedded  {data['embedded_model']}", f"cache     {data['model_cache']}",
               "synthetic " + ", ".join("synthetic:" + s for s in data["synthetic_shapes"]),
               "", f"optimizations on {data['device']} (--opt AXIS=OPTION):"]

@@ -108,6 +108,9 @@ class DeviceInfo:
     peak_tflops: float
     options: dict[str, dict[str, dict[str, Any]]]
     gpu_count: int = 0   # GPUs torch sees (after CUDA_VISIBLE_DEVICES): the most TP ranks here
+    threads: int = 0        # the engine's CPU threads for torch ops (0: not reported)
+    cpus: int = 0           # CPUs the engine may run on
+    threads_note: str = ""  # why threads differs from torch's default (engine/threads.py)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from llmtop.engine import catalogue, spec
+from llmtop.engine import catalogue, spec, threads
 from llmtop.profilers import gpu_set
 from llmtop.protocol import Configure, Generate
 
@@ -59,3 +59,11 @@ def generate_from_args(args: argparse.Namespace, run_id: int = 1) -> Generate:
                     temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                     seed=args.seed, ignore_eos=args.ignore_eos,
                     profile_steps=max(0, getattr(args, "profile_steps", 0)))
+
+
+def engine_threads_from_args(args: argparse.Namespace) -> int | None:
+    """--engine-threads, else LLMTOP_ENGINE_THREADS; None means automatic (engine/threads.py)."""
+    try:
+        return threads.parse(threads.requested(getattr(args, "engine_threads", None)))
+    except threads.ThreadsError as e:
+        raise UsageError(str(e)) from None

@@ -16,10 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.geometry import Size
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
@@ -51,6 +52,12 @@ DEFAULT_PROMPT = PROMPT_SET[0]
 # errors after which the loop pauses: running the same request again would fail the same way
 PAUSING_ERRORS = ("oom", "runtime", "bad_request", "internal")
 TABS = ("optimize", "run", "gpu", "host", "numa")
+# Side by side the left column needs ~60 columns (plot axes, readable text) and the right the
+# metrics table's width (label and two value columns with their headers: 64, app.tcss' #right
+# min-width); below their sum the panels stack in one column.
+STACK_BELOW = 60 + 64
+CHROME_ROWS = 3      # header (2) and footer (1) around the body
+TABS_MIN_ROWS = 12   # stacked: the tab bar and enough of a panel to use it
 
 
 def _start_resource_tracker() -> None:
@@ -85,16 +92,23 @@ class LlmtopApp(App):
         Binding("h", "show_tab('host')", "Host", show=False, tooltip="show the host panel (CPU cores, memory)"),
         Binding("n", "show_tab('numa')", "NUMA", show=False, tooltip="show the NUMA panel"),
         Binding("question_mark,f1", "help", "Help", tooltip="this help"),
+        Binding("ctrl+down", "scroll_body(1)", "Scroll down", show=False,
+                tooltip="narrow terminals (panels stacked): scroll the panels down a page"),
+        Binding("ctrl+up", "scroll_body(-1)", "Scroll up", show=False,
+                tooltip="narrow terminals (panels stacked): scroll the panels up a page"),
     ]
 
     def __init__(self, configure: Configure | None = None, request: Generate | None = None,
                  theme_name: str | None = None, *, start_engine: bool = True, telemetry: bool = True,
                  client: Any = None, session_dir: str | Path | None = None,
                  telemetry_hz: float = 4.0, record: str | Path | None = None,
-                 replay: Any = None) -> None:
+                 replay: Any = None, engine_threads: int | None = None) -> None:
         """`record`: a JSONL session file the engine events are appended to as they arrive.
-        `replay`: a session_log.ReplaySource played instead of an engine (llmtop replay)."""
+        `replay`: a session_log.ReplaySource played instead of an engine (llmtop replay).
+        `engine_threads`: the engine's CPU threads; None keeps a core for this UI when torch
+        would take them all (engine/threads.py says why)."""
         super().__init__()
+        self.engine_threads = engine_threads
         self.replay = replay
         if replay is not None:
             start_engine = telemetry = False
@@ -172,6 +186,8 @@ class LlmtopApp(App):
         with Horizontal(id="body"):
             with Vertical(id="left"):
                 yield TokenStream(id="tokens")
+                # the metrics right under the tokens when the panels stack (narrow terminals)
+                yield MetricsPanel(id="metrics-stacked")
                 yield LatencyPlot(id="plot")
                 yield ComparisonTable(id="comparison")
             with Vertical(id="right"):
@@ -196,6 +212,7 @@ class LlmtopApp(App):
         for problem in self._theme_problems:
             self.notify(problem, severity="warning", timeout=8)
         self._drawn = True
+        self._fit_layout()
         self.redraw_all()
         self.call_after_refresh(self._trace_event, "first_frame")
         if self.telemetry_on:
@@ -206,6 +223,39 @@ class LlmtopApp(App):
             self._adopt_client(self.client)
         elif self.start_engine:
             self._launch_engine()
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._drawn:   # before on_mount the panels are not there; on_mount fits them
+            self._fit_layout(event.size)   # self.size catches up only after this event
+
+    def _fit_layout(self, size: Size | None = None) -> None:
+        """Side by side on wide terminals; below STACK_BELOW columns the panels stack in one
+        scrollable column whose first screen is the token stream and the metrics (compact when
+        the terminal is short), so nothing is cut off at 80 x 24. Heights a scrolling column
+        cannot express as fractions are set here."""
+        if not self.screen_stack:
+            return
+        screen = self.screen_stack[0]
+        width, height = size or self.size
+        stacked = width < STACK_BELOW
+        screen.set_class(stacked, "-stacked")
+        body = max(1, height - CHROME_ROWS)
+        compact = stacked and MetricsPanel.full_height() > body // 2
+        for panel in screen.query(MetricsPanel):
+            panel.set_compact(compact)
+        tokens = screen.query_one("#tokens", TokenStream)
+        tabs = screen.query_one("#tabs", TabbedContent)
+        if stacked:
+            rows = MetricsPanel.compact_height() if compact else MetricsPanel.full_height()
+            tokens.styles.height = max(TokenStream.MIN_ROWS, body - rows)
+            tabs.styles.height = max(TABS_MIN_ROWS, body)
+            # focusing the comparison or the tabs scrolled the column: tokens first
+            self.call_after_refresh(screen.query_one("#body").scroll_home, animate=False)
+        else:
+            tokens.styles.height = None   # back to the stylesheet's fractions
+            tabs.styles.height = None
+        if self._drawn:
+            self.redraw_all()
 
     def redraw_all(self) -> None:
         """Every panel from the current data, now (tests call this after feeding events)."""
@@ -257,8 +307,9 @@ class LlmtopApp(App):
                 old.close()
             if self._closing:
                 return
-            client = EngineClient(on_event=lambda ev: self.post_message(EngineEventMessage(ev, generation)))
             try:
+                client = EngineClient(on_event=lambda ev: self.post_message(EngineEventMessage(ev, generation)),
+                                      threads=self.engine_threads, ui_attached=True)
                 client.start()
             except Exception as e:  # spawning can fail (no memory, no fds)
                 self.post_message(EngineStarted(None, generation, f"{type(e).__name__}: {e}"))
@@ -623,7 +674,17 @@ class LlmtopApp(App):
         self._changed(ComparisonTable)
 
     def action_show_tab(self, tab: str) -> None:
-        self.screen_stack[0].query_one("#tabs", TabbedContent).active = tab
+        tabs = self.screen_stack[0].query_one("#tabs", TabbedContent)
+        tabs.active = tab
+        if self.screen_stack[0].has_class("-stacked"):  # below the first screen: bring it up
+            tabs.scroll_visible(top=True, animate=False)
+
+    def action_scroll_body(self, pages: int) -> None:
+        body = self.screen_stack[0].query_one("#body")
+        if pages > 0:
+            body.scroll_page_down(animate=False)
+        else:
+            body.scroll_page_up(animate=False)
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from llmtop import metrics as m
-from llmtop.engine import catalogue
+from llmtop.engine import catalogue, threads
 from llmtop.profilers.gpu import GpuSample, GpuStatic
 from llmtop.profilers.host import HostSample
 from llmtop.profilers.numa import NumaNode, NumaStatus
@@ -37,9 +37,12 @@ CPU_OPTIONS = {
     "dtype": {"bf16": (True, ""), "fp16": (True, "fp16 matmuls are slow on most CPUs"), "fp32": (True, "")},
     "backend": {"hf": (True, ""), "vllm": (False, "vLLM not installed (pip install vllm)")},
 }
-DEVICE = DeviceInfo("cpu", "cpu x86_64 x2", 33.4, 0.41,
+# a 2-core machine: beside the dashboard the engine runs on one thread (engine/threads.py)
+THREADS = threads.plan(None, default=2, usable=2, ui_attached=True)
+DEVICE = DeviceInfo("cpu", f"cpu x86_64 x{THREADS.threads}", 33.4, 0.41,
                     {a: {o: {"ok": ok, "reason": r} for o, (ok, r) in opts.items()}
-                     for a, opts in CPU_OPTIONS.items()})
+                     for a, opts in CPU_OPTIONS.items()},
+                    threads=THREADS.threads, cpus=THREADS.usable, threads_note=THREADS.reason)
 
 TEXT_1 = [" Antarctica", ",", " but", " it", "'s", " actually", " a", " bit", " of", " a", " double",
           "-", "edged", " sword", ".", " On"]

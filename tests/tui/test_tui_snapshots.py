@@ -50,3 +50,18 @@ def test_help_screen(snap_compare):
 
 def test_gpu_tab_two_gpus_rocm_theme(snap_compare):
     assert snap_compare(make("llmtop-rocm"), terminal_size=SIZE, run_before=fed(gpus=2, keys=("g",)))
+
+
+# Narrow terminals: the panels stack in one scrollable column (tui/app.py STACK_BELOW); the first
+# screen keeps the header, the tokens and the latency figures; o brings the tabs up.
+
+def test_main_screen_80x24(snap_compare):
+    assert snap_compare(make("llmtop-dark"), terminal_size=(80, 24), run_before=fed())
+
+
+def test_main_screen_100x30_light(snap_compare):
+    assert snap_compare(make("llmtop-light"), terminal_size=(100, 30), run_before=fed())
+
+
+def test_optimize_tab_80x24(snap_compare):
+    assert snap_compare(make("llmtop-dark"), terminal_size=(80, 24), run_before=fed(keys=("o",)))

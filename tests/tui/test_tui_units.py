@@ -15,6 +15,7 @@ from llmtop.engine import catalogue
 from llmtop.protocol import ConfigApplied, Configure, Error, Generate, RunDone, RunStarted, Token
 from llmtop.tui import analysis, state, theming
 from llmtop.tui.app import LlmtopApp
+from llmtop.tui.widgets.metrics import MetricsPanel
 from llmtop.tui.widgets.run_settings import RunSettings
 from llmtop.tui.widgets.token_stream import run_text
 
@@ -188,14 +189,86 @@ def test_run_settings_validate_and_build_requests():
     for name, bad in (("batch", "0"), ("batch", "x"), ("max_new_tokens", "-1"), ("top_p", "1.5")):
         with pytest.raises(ValueError):
             s.with_field(name, bad)
+    # every request field the CLI set survives into the loop's requests; chat and seeds per run
+    cli = Generate(messages=[{"role": "user", "content": "Why?"}], batch=2, max_new_tokens=5,
+                   sample=True, temperature=0.5, top_p=0.8, top_k=7, seed=3, ignore_eos=True,
+                   profile_steps=4)
+    req = RunSettings.from_request(cli, "The largest continent is").request(run_id=2, index=0)
+    assert type(req) is Generate and req.messages == cli.messages and req.prompt is None
+    assert (req.batch, req.max_new_tokens, req.temperature, req.top_p, req.top_k, req.ignore_eos) == \
+        (2, 5, 0.5, 0.8, 7, True)
+    assert req.seed == 3 + 2 and req.profile_steps == 0   # profiles are asked for with f
 
 
-def run_app(body, **kw):
+def run_app(body, size: tuple[int, int] = (160, 50), **kw):
     async def main():
         app = LlmtopApp(start_engine=False, telemetry=False, **kw)
-        async with app.run_test(size=(160, 50)) as pilot:
+        async with app.run_test(size=size) as pilot:
             await body(app, pilot)
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30)])
+def test_narrow_terminal_keeps_header_tokens_and_latency_figures(size):
+    """Below STACK_BELOW columns the panels stack; the first screen must still show the header,
+    the newest tokens and every latency figure whole (both columns, as the panel formats them)."""
+    from llmtop.tui.widgets.metrics import COMPACT_LABELS, LABELS, metric_rows
+
+    async def body(app, pilot):
+        fx.feed(app)
+        await pilot.pause()
+        app.redraw_all()
+        await pilot.pause()
+        assert app.screen.has_class("-stacked")
+        lines = screen_text(app).splitlines()
+        assert len(lines) == size[1]
+        assert "llmtop SmolLM2-135M-Instruct" in lines[0] and "▶ generating run 3" in lines[0]
+        assert "attention eager" in lines[1]
+        text = "\n".join(lines)
+        assert "#3 The three primary colors are red, yellow and blue▌" in text
+        s = app.session
+        run = s.current_or_last()
+        live = metric_rows(run.metrics(), s.live_roofline(run), s.device.mem_bw_gb_s)
+        sess = s.session_metrics(run.key)
+        config = metric_rows(sess, sess.get("roofline"), s.device.mem_bw_gb_s)
+        shown = 0
+        for label, a, b in zip(LABELS, live, config):
+            row = next((line for line in lines if line.strip("│ ").startswith(label + "  ")), None)
+            if label in COMPACT_LABELS or row is not None:
+                assert row is not None, f"{label} is not on the first screen"
+                assert a in row and b in row, f"{label}: {a!r} / {b!r} cut in {row!r}"
+                shown += 1
+        assert shown >= len(COMPACT_LABELS)
+        assert "bottleneck: overhead-bound" in text
+
+    run_app(body, size=size)
+
+
+def test_resizing_switches_between_side_by_side_and_stacked():
+    async def body(app, pilot):
+        fx.feed(app)
+        await pilot.pause()
+        tokens = app.screen.query_one("#tokens")
+        assert not app.screen.has_class("-stacked")
+        assert app.screen.query_one("#metrics").display and not app.screen.query_one("#metrics-stacked").display
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        assert app.screen.has_class("-stacked")
+        assert app.screen.query_one("#metrics-stacked").display and not app.screen.query_one("#metrics").display
+        assert tokens.region.y == 2 and tokens.region.bottom <= 24 - 1 - MetricsPanel.compact_height()
+        await pilot.press("o")       # the tabs are below the first screen: the key brings them up
+        await pilot.pause()
+        assert "Optimize o" in screen_text(app) and "#3 The three" not in screen_text(app)
+        await pilot.press("ctrl+up", "ctrl+up", "ctrl+up")
+        await pilot.pause()
+        assert "#3 The three primary colors" in screen_text(app)
+        await pilot.resize_terminal(160, 50)
+        await pilot.pause()
+        assert not app.screen.has_class("-stacked")
+        assert tokens.styles.height is not None and tokens.styles.height.value == 1   # 1fr again
+        assert "this config: 1 run" in screen_text(app)   # the full table, side by side
+
+    run_app(body)
 
 
 def test_help_lists_every_key_and_palette_has_every_toggle():

@@ -47,32 +47,43 @@ class LlmtopHeader(Widget, Coalesced):
         v = palette(app)
         session = app.session
         model, device = session.model, session.device
-        line = Text(no_wrap=True, overflow="ellipsis")
-        line.append("llmtop ", style=f"bold {v['primary']}")
+        # (text, style, rank): on a narrow terminal the lowest ranks go first, so what is
+        # measured (model, dtype, device, threads) outlives the details (layers, params, backend)
+        parts: list[tuple[str, str, int]] = [("llmtop ", f"bold {v['primary']}", 9)]
         sep = (" │ ", v.get("secondary", v["foreground"]))
         if model is not None:
-            line.append(model.name, style="bold")
+            parts.append((model.name, "bold", 9))
             if model.synthetic:
-                line.append(" (synthetic weights)", style=v["warning"])
-            line.append(*sep)
-            line.append(f"{model.params / 1e6:,.1f} M params" if model.params < 1e9
-                        else f"{model.params / 1e9:,.2f} B params")
-            line.append(f" · {model.layers} layers")
-            line.append(*sep)
-            line.append(model.dtype)
-            line.append(*sep)
-            dev = model.device + (f" ({device.name})" if device is not None else "")
+                parts.append((" (synthetic weights)", v["warning"], 8))
+            parts.append((sep[0] + (f"{model.params / 1e6:,.1f} M params" if model.params < 1e9
+                                    else f"{model.params / 1e9:,.2f} B params"), "", 2))
+            parts.append((f" · {model.layers} layers", "", 1))
+            parts.append((sep[0] + model.dtype, "", 7))
             tp = (session.config or {}).get("tp", 1)
-            line.append(dev + (f" × tp {tp}" if tp and tp > 1 else ""))
+            parts.append((sep[0] + model.device + (f" × tp {tp}" if tp and tp > 1 else ""), "", 7))
+            if device is not None:
+                parts.append((f" ({device.name})", "", 3))
+            if device is not None and device.threads and (model.device == "cpu" or device.threads_note):
+                parts.append((f" · {device.threads} of {device.cpus} threads",
+                              v["warning"] if device.threads_note else "", 6))
         else:
-            line.append(f"{app.desired.model} on {app.desired.device}", style="bold")
+            parts.append((f"{app.desired.model} on {app.desired.device}", "bold", 9))
         opts = (session.config or {}).get("opts", {})
         if opts:
-            line.append(*sep)
-            line.append(f"backend {opts.get('backend', 'hf')}")
+            parts.append((sep[0] + f"backend {opts.get('backend', 'hf')}", "", 4))
         phase, colour = self.phase_text()
         right = Text(phase, style=f"bold {v[colour]}", no_wrap=True)
-        width = self.size.width - 2 if self.size.width else 158
+        width = self.content_size.width or 158
+        room = width - right.cell_len - 1
+        while sum(len(t) for t, _, _ in parts) > room and min(r for _, _, r in parts) < 9:
+            lowest = min(r for _, _, r in parts)
+            parts = [p for p in parts if p[2] != lowest]
+        line = Text(no_wrap=True, overflow="ellipsis")
+        for text, style, _ in parts:
+            if text.startswith(sep[0]):
+                line.append(*sep)
+                text = text[len(sep[0]):]
+            line.append(text, style=style)
         pad = max(1, width - line.cell_len - right.cell_len)
         if line.cell_len + right.cell_len + 1 > width:
             line.truncate(max(0, width - right.cell_len - 1), overflow="ellipsis")
@@ -82,16 +93,20 @@ class LlmtopHeader(Widget, Coalesced):
 
         badges = Text(no_wrap=True, overflow="ellipsis")
         if opts:
-            for axis in AXIS_ORDER:
-                if axis in opts and axis not in ("backend",):
-                    badges.append(f" {axis} {opts[axis]} ", style=f"{v['foreground']} on {v['primary-muted']}"
-                                  if "primary-muted" in v else f"reverse {v['primary']}")
-                    badges.append(" ")
+            shown = [f"{axis} {opts[axis]}" for axis in AXIS_ORDER if axis in opts and axis != "backend"]
+            pad = " " if sum(len(b) + 3 for b in shown) <= width else ""  # narrow: badges touch less
+            for badge in shown:
+                badges.append(f"{pad}{badge}{pad}", style=f"{v['foreground']} on {v['primary-muted']}"
+                              if "primary-muted" in v else f"reverse {v['primary']}")
+                badges.append(" ")
         else:
             badges.append("no configuration applied yet", style="dim")
         pending = app.pending_changes()
         if pending:
             badges.append(" next run: " + " ".join(pending) + " ", style=f"bold {v['accent']}")
+        note = f" {device.threads_note}" if device is not None and device.threads_note else ""
+        if note and badges.cell_len + len(note) <= width:  # else line 1's "1 of 2 threads" says it
+            badges.append(note, style=v["warning"])
         line.append("\n")
         line.append_text(badges)
         return line

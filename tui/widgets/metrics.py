@@ -48,17 +48,37 @@ def metric_rows(mt: dict[str, Any] | None, roof: dict[str, Any] | None,
 
 LABELS = ["TTFT", "TPOT mean", "ITL p50/p90/p99", "decode tok/s", "overall tok/s", "end-to-end",
           "tokens", "decode floor", "bandwidth", "prefill floor"]
+# what a short terminal keeps: the latency figures and how far they are from the floor
+COMPACT_LABELS = ("TTFT", "TPOT mean", "ITL p50/p90/p99", "decode tok/s", "decode floor")
+CHROME = 4             # border (2), the table's header and its rule
+NOTE_ROWS = 5          # the bottleneck and guard lines, wrapped
+COMPACT_NOTE_ROWS = 3  # at 80 columns: bottleneck in two lines, guard in one
 
 
 class MetricsPanel(Static, Coalesced):
     interval = 0.5
-    DEFAULT_CSS = """
-    MetricsPanel { height: 19; border: round $primary 50%; padding: 0 1; }
+    skip_hidden = True   # two instances (side by side, stacked): only the shown one draws
+    DEFAULT_CSS = f"""
+    MetricsPanel {{ height: {CHROME + len(LABELS) + NOTE_ROWS}; border: round $primary 50%; padding: 0 1; }}
     """
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.border_title = "metrics"
+        self.compact = False
+
+    @staticmethod
+    def full_height() -> int:
+        return CHROME + len(LABELS) + NOTE_ROWS
+
+    @staticmethod
+    def compact_height() -> int:
+        return CHROME + len(COMPACT_LABELS) + COMPACT_NOTE_ROWS
+
+    def set_compact(self, compact: bool) -> None:
+        """Fewer rows on short terminals, so the token stream keeps room above the fold."""
+        self.compact = compact
+        self.styles.height = self.compact_height() if compact else None
 
     def redraw_now(self) -> None:
         app = self.app
@@ -80,7 +100,8 @@ class MetricsPanel(Static, Coalesced):
         a = metric_rows(run_mt, run_roof, mem_bw)
         b = metric_rows(sess, sess.get("roofline") if sess else None, mem_bw)
         for label, x, y in zip(LABELS, a, b):
-            table.add_row(label, x, y)
+            if not self.compact or label in COMPACT_LABELS:
+                table.add_row(label, x, y)
         gpu_busy = app.gpu_busy_pct()
         device = session.model.device if session.model else app.desired.device
         tp = session.model.tp if session.model else 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from rich.text import Text
 from textual.containers import Horizontal, VerticalScroll
@@ -15,19 +15,11 @@ from .base import palette
 
 
 @dataclass
-class RunSettings:
-    """What the next Generate asks for. prompt None: loop over the prompt set."""
+class RunSettings(Generate):
+    """What the next Generate asks for: a Generate (so the request's fields are listed once, in
+    the protocol) whose prompt None means: loop over the prompt set, and whose `chat` sends the
+    prompt as a user message through the chat template."""
 
-    prompt: str | None = None
-    prompt_len: int | None = None
-    batch: int = 1
-    max_new_tokens: int = 64
-    sample: bool = False
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 0
-    seed: int = 0
-    ignore_eos: bool = False
     chat: bool = False
 
     @classmethod
@@ -38,10 +30,9 @@ class RunSettings:
             prompt, chat = req.messages[-1].get("content", ""), True
         if prompt == default_prompt:
             prompt = None   # the study's prompt is the first of the prompt set
-        return cls(prompt=prompt, prompt_len=req.prompt_len, batch=req.batch,
-                   max_new_tokens=req.max_new_tokens, sample=req.sample,
-                   temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
-                   ignore_eos=req.ignore_eos, chat=chat)
+        # per-run fields are the loop's to set: a profile is asked for with a key, not every run
+        return cls(**{**_request_fields(req), "run_id": 0, "prompt": prompt, "messages": None,
+                      "profile_steps": 0}, chat=chat)
 
     def request(self, run_id: int, index: int) -> Generate:
         """The Generate for run `run_id`; `index` picks from the prompt set."""
@@ -52,10 +43,8 @@ class RunSettings:
             messages = None
             if self.chat:
                 messages, prompt = [{"role": "user", "content": prompt}], None
-        return Generate(run_id=run_id, prompt=prompt, messages=messages, prompt_len=self.prompt_len,
-                        batch=self.batch, max_new_tokens=self.max_new_tokens, sample=self.sample,
-                        temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                        seed=self.seed + (run_id if self.sample else 0), ignore_eos=self.ignore_eos)
+        return Generate(**{**_request_fields(self), "run_id": run_id, "prompt": prompt,
+                           "messages": messages, "seed": self.seed + (run_id if self.sample else 0)})
 
     def with_field(self, name: str, raw: str | bool) -> "RunSettings":
         """A copy with one field parsed from the form; ValueError (one line) if it is invalid."""
@@ -83,6 +72,10 @@ class RunSettings:
                 raise ValueError(f"{name} must be in (0, {'1' if name == 'top_p' else '∞'})")
             return replace(self, **{name: value})
         raise ValueError(f"unknown setting {name}")
+
+
+def _request_fields(req: Generate) -> dict:
+    return {f.name: getattr(req, f.name) for f in fields(Generate)}
 
 
 FIELDS = (

@@ -54,6 +54,7 @@ class TokenStream(Widget, Coalesced):
     """
 
     interval = 0.15
+    MIN_ROWS = 5   # border and three lines: one run's text stays readable
     DEFAULT_CSS = """
     TokenStream { height: 1fr; border: round $primary 50%; padding: 0 1; }
     """
