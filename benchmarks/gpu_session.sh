@@ -71,6 +71,10 @@ for p in json.load(open(sys.argv[1]))["points"]:
           "(expected [1] for tp 1, [0, 1] for tp 2)")
 PY
     ;;
+  overhead)  # TPOT with the dashboard attached vs headless, a pinned kernel (no per-shape plans)
+    timeout 270 python3 benchmarks/dashboard_overhead.py --model synthetic:llama-2-7b --device cuda \
+      --opt attention=flash --max-new-tokens 128 --runs 3 --headless 1 --rounds 2 \
+      --json "$OUT/dashboard_overhead.json" 2>&1 | tail -22 ;;
   tpsweep)  # 4 GPUs (nvidia-h100-x4): the TP tests, TP=1 vs 2 with per-GPU telemetry, then
             # llmtop bench --tp on Llama-2-7B (1,2,4) and Llama-2-70B (2,4, built shard-first)
     rm -rf /tmp/tpc /tmp/bench7b /tmp/bench70b
@@ -90,6 +94,6 @@ PY
     done
     cp "$LLMTOP_CACHE/engine.log" /tmp/tpc/ 2>/dev/null
     tar czf "$OUT/tpsweep.tgz" -C /tmp tpc bench7b bench70b 2>/dev/null; ls -la "$OUT" ;;
-  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study tp tpsweep"; exit 2 ;;
+  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study overhead tp tpsweep"; exit 2 ;;
 esac
 cp "$LLMTOP_CACHE/engine.log" "$OUT/engine.log" 2>/dev/null
