@@ -113,8 +113,12 @@ def main() -> None:
 def render(results: list[dict], header: dict, args: argparse.Namespace) -> str:
     base = {(r["batch"], r["prompt_len"]): r for r in results
             if r.get("config") == "baseline" and "ttft_ms" in r}
+    import torch
+    import transformers
+
     lines = [f"Model: {header.get('model', args.model)}; device: {header.get('device', args.device)}; "
-             f"{args.max_new_tokens} new tokens, greedy.", "",
+             f"{args.max_new_tokens} new tokens, greedy; torch {torch.__version__}, "
+             f"transformers {transformers.__version__}.", "",
              "| config | batch | prompt | TTFT ms | TPOT ms | TTFT speedup | TPOT speedup | "
              "decode % of floor | guard vs baseline |",
              "|---|---|---|---|---|---|---|---|---|"]
