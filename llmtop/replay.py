@@ -8,7 +8,6 @@ metrics table.
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 import time
 from typing import TextIO
@@ -29,14 +28,8 @@ def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None
         return 2
     if args.headless:
         return play_text(source, out, err)
-    try:
-        from llmtop.tui.app import LlmtopApp
-    except ImportError:
-        LlmtopApp = None
-    if LlmtopApp is None or "replay" not in inspect.signature(LlmtopApp).parameters:
-        print("llmtop: the dashboard cannot replay sessions yet; `llmtop replay FILE --headless` "
-              "plays this one as text", file=err)
-        return 1
+    from llmtop.tui.app import LlmtopApp
+
     app = LlmtopApp(replay=source, theme_name=getattr(args, "theme", None))
     app.run()
     return app.return_code or 0

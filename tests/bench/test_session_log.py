@@ -4,7 +4,6 @@ a truncated or corrupt file gives its events up to the damage and says where it 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from llmtop.protocol import ConfigApplied, Configure, Generate, RunDone, Token
 from llmtop.session_log import SessionWriter, read_session, replay_events, to_message
 
-from .conftest import LLMTOP, llmtop
+from .conftest import llmtop
 
 NEW = 6
 
@@ -144,20 +143,3 @@ def test_replay_command_plays_up_to_the_damage(session_file, tmp_path):
     assert "TTFT" in full.stdout and "end of session" in full.stdout
     bad = llmtop("replay", str(tmp_path / "missing.jsonl"))
     assert bad.returncode == 2 and "cannot be read" in bad.stderr and "Traceback" not in bad.stderr
-
-
-def test_replay_in_the_dashboard_or_a_clear_message(session_file):
-    import inspect
-
-    try:
-        from llmtop.tui.app import LlmtopApp
-        ready = "replay" in inspect.signature(LlmtopApp).parameters
-    except ImportError:
-        ready = False
-    if ready:
-        pytest.skip("the dashboard replays sessions: its pilot tests cover `llmtop replay`")
-    p = subprocess.run([*LLMTOP, "replay", str(session_file)], capture_output=True, text=True,
-                       timeout=60, stdin=subprocess.DEVNULL)
-    assert p.returncode == 1
-    assert p.stderr.strip() == ("llmtop: the dashboard cannot replay sessions yet; "
-                                "`llmtop replay FILE --headless` plays this one as text")
