@@ -71,29 +71,42 @@ for p in json.load(open(sys.argv[1]))["points"]:
           "(expected [1] for tp 1, [0, 1] for tp 2)")
 PY
     ;;
-  overhead)  # TPOT with the dashboard attached vs headless, a pinned kernel (no per-shape plans)
-    timeout 270 python3 benchmarks/dashboard_overhead.py --model synthetic:llama-2-7b --device cuda \
-      --opt attention=flash --max-new-tokens 128 --runs 3 --headless 1 --rounds 2 \
+  overhead)  # TPOT with the dashboard attached vs headless, a pinned kernel (no per-shape plans);
+              # first headless TPOT against the engine's thread count (does a GPU engine need a team?)
+    for round in 1 2; do for t in 1 4 16; do
+      echo "threads $t round $round: $(run7b --opt attention=flash --engine-threads $t 2>/dev/null | grep -E '^TPOT')"
+    done; done
+    timeout 430 python3 benchmarks/dashboard_overhead.py --model synthetic:llama-2-7b --device cuda \
+      --opt attention=flash --max-new-tokens 128 --runs 3 --headless 2 --rounds 4 \
       --json "$OUT/dashboard_overhead.json" 2>&1 | tail -22 ;;
-  tpsweep)  # 4 GPUs (nvidia-h100-x4): the TP tests, TP=1 vs 2 with per-GPU telemetry, then
-            # llmtop bench --tp on Llama-2-7B (1,2,4) and Llama-2-70B (2,4, built shard-first)
-    rm -rf /tmp/tpc /tmp/bench7b /tmp/bench70b
+  tp7b)  # 4 GPUs: llmtop bench --tp 1,2,4 on Llama-2-7B in one bench process (each TP size
+          # gets a fresh engine), eager and the flash kernel, then compile=full (CUDA graphs)
+    rm -rf /tmp/b7 /tmp/b7max; mkdir -p /tmp/b7 /tmp/b7max
     nvidia-smi topo -m | tee "$OUT/topo.txt"
-    python3 -m llmtop info --json > "$OUT/info.json"
-    timeout 170 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_tp_gpu.py 2>&1 \
-      | tee "$OUT/tp_tests.log" | tail -4
-    timeout 130 python3 benchmarks/tp_compare.py --out /tmp/tpc 2>&1 | tail -14
-    timeout 120 python3 -m llmtop bench --model synthetic:llama-2-7b --device cuda --tp 1,2,4 \
-      --batch 1,8 --prompt-len 2048 --max-new-tokens 64 --repeat 1 --warmup 1 --warmup-tokens 8 \
-      --opt attention=flash --out /tmp/bench7b 2>&1 | grep -v "^ " | tail -8
-    timeout 170 python3 -m llmtop bench --model synthetic:llama-2-70b --device cuda --tp 4,2 \
-      --batch 1,4 --prompt-len 2048 --max-new-tokens 32 --repeat 1 --warmup 1 --warmup-tokens 8 \
-      --preset baseline --out /tmp/bench70b 2>&1 | grep -v "^ " | tail -8
-    for d in /tmp/bench7b /tmp/bench70b; do
-      [ -s $d/points.jsonl ] && [ ! -s $d/report.md ] && python3 -m llmtop bench --out $d --report-only
+    timeout --signal=INT 300 python3 -m llmtop bench --model synthetic:llama-2-7b --device cuda \
+      --tp 1,2,4 --batch 1,2,4,8 --prompt-len 2048 --max-new-tokens 64 --repeat 1 --warmup 1 \
+      --warmup-tokens 8 --preset baseline --opt attention=flash --out /tmp/b7 --no-plots \
+      > /tmp/b7/bench.log 2>&1; echo "7B eager/flash exit $?"; grep -v "^ " /tmp/b7/bench.log | tail -12
+    timeout --signal=INT 220 python3 -m llmtop bench --model synthetic:llama-2-7b --device cuda \
+      --tp 1,2,4 --batch 1,8 --prompt-len 2048 --max-new-tokens 64 --repeat 1 --warmup 1 \
+      --config max:attention=sdpa,kv=static,compile=full --out /tmp/b7max --no-plots \
+      > /tmp/b7max/bench.log 2>&1; echo "7B max exit $?"; grep -v "^ " /tmp/b7max/bench.log | tail -12
+    for d in /tmp/b7 /tmp/b7max; do
+      [ -s $d/points.jsonl ] && [ ! -s $d/report.md ] && python3 -m llmtop bench --out $d --report-only >/dev/null
+      cp "$LLMTOP_CACHE/engine.log" $d/ 2>/dev/null
     done
-    cp "$LLMTOP_CACHE/engine.log" /tmp/tpc/ 2>/dev/null
-    tar czf "$OUT/tpsweep.tgz" -C /tmp tpc bench7b bench70b 2>/dev/null; ls -la "$OUT" ;;
-  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study overhead tp tpsweep"; exit 2 ;;
+    tar czf "$OUT/tp7b.tgz" -C /tmp b7 b7max ;;
+  tp70b)  # 4 GPUs: Llama-2-70B at TP 4 then 2 (built shard-first), then the TP tests
+    rm -rf /tmp/b70; mkdir -p /tmp/b70
+    timeout --signal=INT 420 python3 -m llmtop bench --model synthetic:llama-2-70b --device cuda \
+      --tp 4,2 --batch 1,4 --prompt-len 2048 --max-new-tokens 32 --repeat 1 --warmup 1 \
+      --warmup-tokens 8 --preset baseline --out /tmp/b70 --no-plots \
+      > /tmp/b70/bench.log 2>&1; echo "70B exit $?"; grep -v "^ " /tmp/b70/bench.log | tail -12
+    [ -s /tmp/b70/points.jsonl ] && [ ! -s /tmp/b70/report.md ] && python3 -m llmtop bench --out /tmp/b70 --report-only >/dev/null
+    cp "$LLMTOP_CACHE/engine.log" /tmp/b70/ 2>/dev/null
+    tar czf "$OUT/tp70b.tgz" -C /tmp b70
+    timeout 140 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_tp_gpu.py 2>&1 \
+      | tee "$OUT/tp_tests.log" | tail -4 ;;
+  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study overhead tp tp7b tp70b"; exit 2 ;;
 esac
 cp "$LLMTOP_CACHE/engine.log" "$OUT/engine.log" 2>/dev/null
