@@ -14,6 +14,25 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 run7b() { python3 -m llmtop run --headless --model synthetic:llama-2-7b --device cuda --max-new-tokens 128 --ignore-eos "$@"; }
+# sweep DIR SECONDS BENCH-ARGS...: llmtop bench at prompt 2048, one warm-up and one measured run
+# per point, the log and the engine's log in DIR; if bench itself dies (SIGSEGV seen on 4 x H200
+# when a TP size changed), its Python stacks are in DIR/bench.log and --resume finishes the sweep
+sweep() {
+  local dir=$1 secs=$2; shift 2; mkdir -p "$dir"; local end=$((SECONDS + secs)) rc=0 try
+  for try in 1 2 3; do
+    local left=$((end - SECONDS)); [ $left -gt 20 ] || break
+    if [ $try = 1 ]; then
+      PYTHONFAULTHANDLER=1 timeout --signal=INT $left python3 -m llmtop bench --device cuda --prompt-len 2048 \
+        --repeat 1 --warmup 1 --warmup-tokens 8 --no-plots --out "$dir" "$@" >> "$dir/bench.log" 2>&1
+    else
+      PYTHONFAULTHANDLER=1 timeout --signal=INT $left python3 -m llmtop bench --out "$dir" --resume --no-plots \
+        >> "$dir/bench.log" 2>&1
+    fi
+    rc=$?; echo "$dir: bench try $try exit $rc"; [ $rc = 0 ] || [ $rc = 124 ] || [ $rc = 130 ] && break
+  done
+  grep -v "^ " "$dir/bench.log" | grep -v "^\[" | tail -25
+  [ -s "$dir/points.jsonl" ] && [ ! -s "$dir/report.md" ] && python3 -m llmtop bench --out "$dir" --report-only >/dev/null
+}
 case "${1:-}" in
   foundation)
     python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu 2>&1 | tee "$OUT/gpu_tests.log" | tail -5
@@ -79,31 +98,18 @@ PY
     timeout 430 python3 benchmarks/dashboard_overhead.py --model synthetic:llama-2-7b --device cuda \
       --opt attention=flash --max-new-tokens 128 --runs 3 --headless 2 --rounds 4 \
       --json "$OUT/dashboard_overhead.json" 2>&1 | tail -22 ;;
-  tp7b)  # 4 GPUs: llmtop bench --tp 1,2,4 on Llama-2-7B in one bench process (each TP size
-          # gets a fresh engine), eager and the flash kernel, then compile=full (CUDA graphs)
-    rm -rf /tmp/b7 /tmp/b7max; mkdir -p /tmp/b7 /tmp/b7max
-    nvidia-smi topo -m | tee "$OUT/topo.txt"
-    timeout --signal=INT 300 python3 -m llmtop bench --model synthetic:llama-2-7b --device cuda \
-      --tp 1,2,4 --batch 1,2,4,8 --prompt-len 2048 --max-new-tokens 64 --repeat 1 --warmup 1 \
-      --warmup-tokens 8 --preset baseline --opt attention=flash --out /tmp/b7 --no-plots \
-      > /tmp/b7/bench.log 2>&1; echo "7B eager/flash exit $?"; grep -v "^ " /tmp/b7/bench.log | tail -12
-    timeout --signal=INT 220 python3 -m llmtop bench --model synthetic:llama-2-7b --device cuda \
-      --tp 1,2,4 --batch 1,8 --prompt-len 2048 --max-new-tokens 64 --repeat 1 --warmup 1 \
-      --config max:attention=sdpa,kv=static,compile=full --out /tmp/b7max --no-plots \
-      > /tmp/b7max/bench.log 2>&1; echo "7B max exit $?"; grep -v "^ " /tmp/b7max/bench.log | tail -12
-    for d in /tmp/b7 /tmp/b7max; do
-      [ -s $d/points.jsonl ] && [ ! -s $d/report.md ] && python3 -m llmtop bench --out $d --report-only >/dev/null
-      cp "$LLMTOP_CACHE/engine.log" $d/ 2>/dev/null
-    done
+  tp7b)  # 4 GPUs: llmtop bench --tp 1,2,4 on Llama-2-7B (each TP size after a TP>1 one gets a
+          # fresh engine), eager and the flash kernel, then compile=full (CUDA graphs) under TP
+    rm -rf /tmp/b7 /tmp/b7max
+    nvidia-smi topo -m > "$OUT/topo.txt"
+    sweep /tmp/b7 320 --model synthetic:llama-2-7b --tp 1,2,4 --batch 1,2,4,8 --max-new-tokens 64 \
+      --preset baseline --opt attention=flash
+    sweep /tmp/b7max 230 --model synthetic:llama-2-7b --tp 1,2,4 --batch 1,8 --max-new-tokens 64 \
+      --config max:attention=sdpa,kv=static,compile=full
     tar czf "$OUT/tp7b.tgz" -C /tmp b7 b7max ;;
   tp70b)  # 4 GPUs: Llama-2-70B at TP 4 then 2 (built shard-first), then the TP tests
-    rm -rf /tmp/b70; mkdir -p /tmp/b70
-    timeout --signal=INT 420 python3 -m llmtop bench --model synthetic:llama-2-70b --device cuda \
-      --tp 4,2 --batch 1,4 --prompt-len 2048 --max-new-tokens 32 --repeat 1 --warmup 1 \
-      --warmup-tokens 8 --preset baseline --out /tmp/b70 --no-plots \
-      > /tmp/b70/bench.log 2>&1; echo "70B exit $?"; grep -v "^ " /tmp/b70/bench.log | tail -12
-    [ -s /tmp/b70/points.jsonl ] && [ ! -s /tmp/b70/report.md ] && python3 -m llmtop bench --out /tmp/b70 --report-only >/dev/null
-    cp "$LLMTOP_CACHE/engine.log" /tmp/b70/ 2>/dev/null
+    rm -rf /tmp/b70
+    sweep /tmp/b70 420 --model synthetic:llama-2-70b --tp 4,2 --batch 1,4 --max-new-tokens 32 --preset baseline
     tar czf "$OUT/tp70b.tgz" -C /tmp b70
     timeout 140 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_tp_gpu.py 2>&1 \
       | tee "$OUT/tp_tests.log" | tail -4 ;;
