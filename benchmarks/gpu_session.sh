@@ -113,6 +113,8 @@ PY
     tar czf "$OUT/tp70b.tgz" -C /tmp b70
     timeout 140 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_tp_gpu.py 2>&1 \
       | tee "$OUT/tp_tests.log" | tail -4 ;;
-  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study overhead tp tp7b tp70b"; exit 2 ;;
+  nvmlstress)  # several GPUs: which NVML read crashes a sampler while GPU processes come and go
+    timeout 150 python3 benchmarks/nvml_stress.py --seconds 75 2>&1 | tee "$OUT/nvml_stress.log" ;;
+  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study overhead tp tp7b tp70b nvmlstress"; exit 2 ;;
 esac
 cp "$LLMTOP_CACHE/engine.log" "$OUT/engine.log" 2>/dev/null
