@@ -324,10 +324,9 @@ class Engine:
             if paged_info:
                 rec["paged"] = paged_info
             info = rec["model"]
-            # with tp ranks the weights and KV are split over tp devices: their ceilings add up
             rec["roofline"] = asdict(run_metrics.roofline(
                 m, info["weight_bytes"], info["params"], rec["kv_bytes_per_token"],
-                self.ceilings["mem_bw_gb_s"] * cfg.tp, self.ceilings["peak_tflops"] * cfg.tp))
+                self.ceilings["mem_bw_gb_s"], self.ceilings["peak_tflops"], ranks=cfg.tp))
             self.emit(RunDone(req.run_id, rec))
         self.emit(Status("ready", "error" if stopped in ("oom", "error") else ""))
 

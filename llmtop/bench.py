@@ -680,7 +680,7 @@ def _std(values: list[float]) -> float | None:
 
 
 def summarize(runs: list[dict[str, Any]], batch: int, prompt_len: int,
-              meta: dict[str, Any] | None) -> dict[str, Any]:
+              meta: dict[str, Any] | None, tp: int = 1) -> dict[str, Any]:
     """A point's figures from its measured runs: means over the repeats (medians and spread
     alongside), throughputs, and the roofline from the mean TTFT and TPOT."""
     from llmtop import metrics
@@ -706,7 +706,7 @@ def summarize(runs: list[dict[str, Any]], batch: int, prompt_len: int,
                                     out["e2e_ms"], [], metrics.Summary.of([]), 0, 0, 0)
         roof = metrics.roofline(pseudo, model["weight_bytes"], model["params"],
                                 meta.get("kv_bytes_per_token") or 0, ceil["mem_bw_gb_s"],
-                                ceil["peak_tflops"])
+                                ceil["peak_tflops"], ranks=tp)
         out["roofline"] = asdict(roof)
     tele = [r.get("telemetry") or {} for r in runs]
     if tele and all(t.get("available") for t in tele):
@@ -868,7 +868,7 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
                 point["gpu_choice"] = rec["model"].get("gpu_choice", "")
                 if collectives:
                     point["profiled_step"] = collectives
-                point.update(summarize(runs, pt.batch, pt.prompt_len, meta))
+                point.update(summarize(runs, pt.batch, pt.prompt_len, meta, pt.tp))
                 bkey = series.replace(f"{pt.config}|", f"{BASELINE}|", 1) + f"|b{pt.batch}"
                 if pt.config == BASELINE:
                     base_ids[series + f"|b{pt.batch}"] = runs[0]["ids"]
@@ -1069,7 +1069,7 @@ def _report(folder: Path, records: list[dict[str, Any]], out: TextIO, err: TextI
             no_plots: bool) -> int:
     from llmtop import bench_report
 
-    results = bench_report.build_results(records)
+    results = bench_report.build_results(resummarize(records))
     paths = bench_report.write_all(results, folder)
     out.write(bench_report.table(results) + "\n")
     if not no_plots:
@@ -1077,6 +1077,18 @@ def _report(folder: Path, records: list[dict[str, Any]], out: TextIO, err: TextI
             out.write(chart + "\n")
     out.write("written: " + ", ".join(str(p) for p in paths) + "\n")
     return 0
+
+
+def resummarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records with each measured point's figures recomputed from its runs, so a rebuilt
+    report carries today's formulas (the roofline's TP scaling came after some sweeps)."""
+    meta = next((r for r in records if r.get("type") == "meta"), None)
+    out = []
+    for r in records:
+        if r.get("type") == "point" and r.get("status") == "ok" and r.get("runs"):
+            r = {**r, **summarize(r["runs"], r["batch"], r["prompt_len"], meta, int(r.get("tp") or 1))}
+        out.append(r)
+    return out
 
 
 def iter_points(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

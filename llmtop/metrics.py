@@ -92,8 +92,13 @@ class Roofline:
 
 
 def roofline(metrics: RunMetrics, weight_bytes: int, params: int, kv_bytes_per_token: int,
-             mem_bw_gb_s: float, peak_tflops: float) -> Roofline:
-    """Decode is bounded by reading the weights (and KV) once a step, prefill by FLOPs."""
+             mem_bw_gb_s: float, peak_tflops: float, ranks: int = 1) -> Roofline:
+    """Decode is bounded by reading the weights (and KV) once a step, prefill by FLOPs.
+
+    The ceilings are one device's; `ranks` tensor-parallel devices split the weights, the KV
+    and the FLOPs, so their ceilings add up (without this, 70B at TP=4 read 150 % of its floor).
+    """
+    mem_bw_gb_s, peak_tflops = mem_bw_gb_s * ranks, peak_tflops * ranks
     ctx = metrics.prompt_tokens + metrics.n_tokens / 2  # mean context length while decoding
     bytes_per_step = weight_bytes + kv_bytes_per_token * ctx * metrics.batch
     decode_floor = bytes_per_step / (mem_bw_gb_s * 1e9) * 1e3

@@ -41,6 +41,16 @@ def test_roofline_floors():
     assert r.prefill_floor_ms == pytest.approx(2 * 6.74e9 * 2048 / 800e12 * 1e3)
 
 
+def test_roofline_tensor_parallel_ranks_add_their_ceilings():
+    """4 ranks split weights and FLOPs: the floors are a quarter (70B at TP=4 read 150 %)."""
+    m = metrics.run_metrics(0, [100_000_000, 110_000_000], batch=1, prompt_tokens=2048)
+    one = metrics.roofline(m, 13_480_000_000, 6_740_000_000, 0, 3000, 800)
+    four = metrics.roofline(m, 13_480_000_000, 6_740_000_000, 0, 3000, 800, ranks=4)
+    assert four.decode_floor_ms == pytest.approx(one.decode_floor_ms / 4)
+    assert four.prefill_pct == pytest.approx(one.prefill_pct / 4)
+    assert four.achieved_gb_s == pytest.approx(one.achieved_gb_s)
+
+
 def test_protocol_round_trip_and_version_check():
     msg = protocol.Token(run_id=3, index=1, ids=[5, 6], texts=["a", "b"], t_ns=42)
     wire = protocol.encode(msg)

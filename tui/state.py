@@ -371,7 +371,7 @@ class Session:
         rm = m.run_metrics(run.t_start_ns, run.stamps, run.batch, run.prompt_tokens)
         return asdict(m.roofline(rm, self.model.weight_bytes, self.model.params,
                                  kv_bytes_per_token(self.model), self.device.mem_bw_gb_s,
-                                 self.device.peak_tflops))
+                                 self.device.peak_tflops, ranks=run.tp))
 
     def plot_series(self, window: int = PLOT_WINDOW) -> tuple[list[int], list[float], list[int], list[float]]:
         """(x, decode step ms) and (x, TTFT ms) over the last `window` global steps."""

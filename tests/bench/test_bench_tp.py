@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from .conftest import TINY, llmtop
 
 
@@ -22,3 +24,18 @@ def test_bench_over_tp_sizes_reports_the_collective_share(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Tensor parallelism" in report and "Collectives per decode step" in report
     assert "baseline tp1" in report and "baseline tp2" in report  # one chart, a line per size
+    # two ranks split the weights: their floor is half of one rank's (70B at TP=4 read 150 %)
+    floors = {tp: p["roofline"]["decode_floor_ms"] for tp, p in points.items()}
+    assert floors[2] == pytest.approx(floors[1] / 2, rel=0.05)
+
+    # a report rebuilt from an older points file gets today's figures from the runs
+    lines = (out / "points.jsonl").read_text().splitlines()
+    stale = [json.loads(line) for line in lines]
+    for rec in stale:
+        if rec.get("type") == "point":
+            rec["roofline"]["decode_floor_ms"] = 999.0
+    (out / "points.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale))
+    proc = llmtop("bench", "--out", str(out), "--report-only", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    rebuilt = {p["tp"]: p for p in json.loads((out / "bench.json").read_text())["points"]}
+    assert {tp: p["roofline"]["decode_floor_ms"] for tp, p in rebuilt.items()} == pytest.approx(floors)
