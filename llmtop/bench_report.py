@@ -392,7 +392,9 @@ def markdown(results: dict[str, Any], pngs: list[Path], png_note: str | None) ->
     if ceil:
         lines.append(f"- measured ceilings: memory {ceil.get('mem_bw_gb_s', 0):.0f} GB/s, matmul "
                      f"{ceil.get('peak_tflops', 0):.1f} TFLOP/s ({ceil.get('dtype', '')}); roofline: decode "
-                     f"floor = (weights + KV read) / bandwidth, prefill floor = 2 x params x tokens / FLOP/s")
+                     f"floor = (weights + KV read) / bandwidth, prefill floor = 2 x params x tokens / FLOP/s"
+                     + (" (one GPU's ceilings; a TP=k point's are k times these)"
+                        if any(int(p.get("tp") or 1) > 1 for p in points) else ""))
     if tele.get("available"):
         extra = ""
         if tele.get("mean_power_w") is not None:
