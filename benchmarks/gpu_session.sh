@@ -115,6 +115,12 @@ PY
       | tee "$OUT/tp_tests.log" | tail -4 ;;
   nvmlstress)  # several GPUs: which NVML read crashes a sampler while GPU processes come and go
     timeout 150 python3 benchmarks/nvml_stress.py --seconds 75 2>&1 | tee "$OUT/nvml_stress.log" ;;
-  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study overhead tp tp7b tp70b nvmlstress"; exit 2 ;;
+  tpcheck)  # several GPUs, after the NVLink round-robin and pid-free bench telemetry: the poll
+            # rate under process churn, then a 7B sweep over TP 1,2,4 (crashed bench before)
+    timeout 100 python3 benchmarks/nvml_stress.py --seconds 40 2>&1 | tee "$OUT/nvml_stress.log"
+    rm -rf /tmp/b7c; sweep /tmp/b7c 230 --model synthetic:llama-2-7b --tp 1,2,4 --batch 1,8 \
+      --max-new-tokens 32 --preset baseline
+    tar czf "$OUT/tpcheck.tgz" -C /tmp b7c ;;
+  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study overhead tp tp7b tp70b nvmlstress tpcheck"; exit 2 ;;
 esac
 cp "$LLMTOP_CACHE/engine.log" "$OUT/engine.log" 2>/dev/null

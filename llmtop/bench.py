@@ -379,9 +379,10 @@ class Telemetry:
                 out["topology_error"] = f"{type(e).__name__}: {e}"
         return out
 
-    def start(self, pid: int | None) -> None:
+    def start(self) -> None:
+        """Device-wide readings only: power is charged by GPU, and the engine's pid changes
+        whenever it restarts (a new TP size), so no per-process query is made."""
         if self.sampler is not None:
-            self.sampler.watch(pid)
             self.sampler.start()
 
     def stop(self) -> None:
@@ -475,10 +476,6 @@ class EngineSession:
         self.client = EngineClient(log_path=self.log_path)
         self.client.start()
         self.current = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.client.pid if self.client else None
 
     def restart(self) -> None:
         self.close()
@@ -753,7 +750,7 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
                             on_progress=lambda kind, ev: _on_engine(progress, kind, ev))
     telemetry = Telemetry(telemetry_on)
     session.start()
-    telemetry.start(session.pid)
+    telemetry.start()
     interrupted = False
     try:
         # the first configuration tells the resolved device, so the default batches and what

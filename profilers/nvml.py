@@ -2,8 +2,10 @@
 
 Every per-field call goes through `_read`, so a field the device does not support becomes None
 and one failing sensor never costs the whole poll. A poll is about 0.1 ms per GPU (0.076 ms
-measured on an H100); nvmlDeviceGetPcieThroughput is deliberately not used: it blocks ~20 ms to
-measure, so PCIe and NVLink rates come from the driver's byte counters instead (field values).
+measured on an H100 with no active NVLink); a field read that includes 18 links' counters took
+about 60 ms per H200, so those are read for one GPU per poll, in turn.
+nvmlDeviceGetPcieThroughput is deliberately not used: it blocks ~20 ms to measure, so PCIe and
+NVLink rates come from the driver's byte counters instead (field values).
 
 Utilization (nvmlDeviceGetUtilizationRates) is the fraction of the driver's last sample period
 (1/6 s to 1 s depending on the product) in which a kernel ran: sampling it at 10 Hz repeats or
@@ -52,7 +54,10 @@ class NvmlBackend:
             raise BackendUnavailable("NVML: driver loaded but no NVIDIA GPU visible")
         self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
         self.errors: dict[tuple[int, str], str] = {}
-        self._counters: dict[int, tuple[int, list[int | None]]] = {}
+        self._counters: dict[int, tuple[int, list[int | None]]] = {}       # PCIe bytes
+        self._link_counters: dict[int, tuple[int, list[int | None]]] = {}  # NVLink bytes
+        self._link_rates: dict[int, tuple[float | None, float | None]] = {}
+        self._link_polls = -1
         self._nvlinks = [self._active_links(h) for h in self._handles]
         self._static = [self._read_static(i, h) for i, h in enumerate(self._handles)]
 
@@ -111,32 +116,45 @@ class NvmlBackend:
         return {"driver": str(self._read(-1, "driver", nv.nvmlSystemGetDriverVersion)),
                 "nvml": str(self._read(-1, "nvml", nv.nvmlSystemGetNVMLVersion))}
 
-    def _field_values(self, i: int, h: Any, t_ns: int) -> dict[str, Any]:
-        """Memory temperature and the PCIe / NVLink byte counters in one driver call; the
-        counters become bytes/s against this device's previous poll."""
+    def _field_values(self, i: int, h: Any, t_ns: int, read_links: bool) -> dict[str, Any]:
+        """Memory temperature and the PCIe byte counters in one driver call, plus this GPU's
+        per-link NVLink counters when it is `read_links`'s turn; counters become bytes/s
+        against the previous reading of the same counters."""
         nv = self._nv
-        ids = [nv.NVML_FI_DEV_MEMORY_TEMP, nv.NVML_FI_DEV_PCIE_COUNT_TX_BYTES,
-               nv.NVML_FI_DEV_PCIE_COUNT_RX_BYTES]
-        for link, _ in self._nvlinks[i]:
-            ids += [(nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, link),
-                    (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, link)]
+        ids: list[Any] = [nv.NVML_FI_DEV_MEMORY_TEMP, nv.NVML_FI_DEV_PCIE_COUNT_TX_BYTES,
+                          nv.NVML_FI_DEV_PCIE_COUNT_RX_BYTES]
+        if read_links:
+            for link, _ in self._nvlinks[i]:
+                ids += [(nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, link),
+                        (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, link)]
         values = self._read(i, "field_values", lambda: nv.nvmlDeviceGetFieldValues(h, ids))
         if values is None:
             return {}
         got = [_field_number(nv, v) for v in values]
-        nvlink_kib = got[3:]
-        counters = got[1:3] + [
-            _sum_or_none(nvlink_kib[0::2], 1024), _sum_or_none(nvlink_kib[1::2], 1024)]
         out: dict[str, Any] = {"temp_mem_c": got[0]}
-        previous = self._counters.get(i)
-        self._counters[i] = (t_ns, counters)
-        if previous is not None and t_ns > previous[0]:
-            dt = (t_ns - previous[0]) / 1e9
-            rates = [None if now is None or then is None or now < then else (now - then) / dt
-                     for now, then in zip(counters, previous[1])]
-            out.update(pcie_tx_bps=rates[0], pcie_rx_bps=rates[1],
-                       link_tx_bps=rates[2], link_rx_bps=rates[3])
+        pcie = _rates(self._counters, i, t_ns, got[1:3])
+        if pcie is not None:
+            out.update(pcie_tx_bps=pcie[0], pcie_rx_bps=pcie[1])
+        if read_links:
+            kib = got[3:]
+            links = _rates(self._link_counters, i, t_ns,
+                           [_sum_or_none(kib[0::2], 1024), _sum_or_none(kib[1::2], 1024)])
+            if links is not None:
+                self._link_rates[i] = links
+        if i in self._link_rates:
+            out.update(link_tx_bps=self._link_rates[i][0], link_rx_bps=self._link_rates[i][1])
         return out
+
+    def _link_turn(self) -> int | None:
+        """The GPU whose NVLink counters this poll reads, in turn. On 4 x H200 (18 links each)
+        reading them cost ~60 ms per GPU (benchmarks/nvml_stress.py: a full poll of the four
+        took ~270 ms, so a 10 Hz sampler ran at 3.6 Hz); one GPU per poll bounds that cost,
+        and each GPU's link rate still refreshes every few polls."""
+        linked = [i for i, links in enumerate(self._nvlinks) if links]
+        if not linked:
+            return None
+        self._link_polls += 1
+        return linked[self._link_polls % len(linked)]
 
     def _process_mem(self, i: int, h: Any, pid: int) -> int | None:
         """Bytes `pid` holds here. NVML reports host pids, so inside a container whose pid
@@ -162,6 +180,7 @@ class NvmlBackend:
     def sample(self, pid: int | None = None) -> list[GpuSample]:
         nv = self._nv
         out = []
+        link_turn = self._link_turn()
         for i, h in enumerate(self._handles):
             t_ns = time.perf_counter_ns()
             util = self._read(i, "utilization", lambda: nv.nvmlDeviceGetUtilizationRates(h))
@@ -186,7 +205,7 @@ class NvmlBackend:
                     i, "mem_clock", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM)),
                 energy_j=energy_mj / 1000 if energy_mj is not None else None,
                 process_mem=self._process_mem(i, h, pid) if pid is not None else None,
-                **self._field_values(i, h, t_ns),
+                **self._field_values(i, h, t_ns, read_links=i == link_turn),
             )
             out.append(sample)
         return out
@@ -255,6 +274,19 @@ def _field_number(nv: Any, value: Any) -> float | int | None:
               nv.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
               nv.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal"}.get(value.valueType)
     return getattr(value.value, member) if member else None
+
+
+def _rates(store: dict[int, tuple[int, list[int | None]]], i: int, t_ns: int,
+           counters: list[int | None]) -> list[float | None] | None:
+    """Bytes/s of each counter since GPU i's previous reading in `store` (None before one;
+    a counter that went missing or backwards gives None), storing this reading."""
+    previous = store.get(i)
+    store[i] = (t_ns, counters)
+    if previous is None or t_ns <= previous[0]:
+        return None
+    dt = (t_ns - previous[0]) / 1e9
+    return [None if now is None or then is None or now < then else (now - then) / dt
+            for now, then in zip(counters, previous[1])]
 
 
 def _sum_or_none(values: list, scale: int) -> int | None:

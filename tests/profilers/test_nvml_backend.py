@@ -132,13 +132,43 @@ def test_pcie_and_nvlink_rates_come_from_byte_counters(monkeypatch):
     assert first.pcie_tx_bps is None and first.link_tx_bps is None  # no previous poll yet
     gpus[0].pcie_tx_bytes += 10**9
     gpus[0].pcie_rx_bytes += 5 * 10**8
-    gpus[0].nvlink_tx_kib += 1024**2  # per link: 4 links x 1 GiB
     second = backend.sample()[0]
     dt = (second.t_ns - first.t_ns) / 1e9
     assert second.pcie_tx_bps == pytest.approx(1e9 / dt)
     assert second.pcie_rx_bps == pytest.approx(5e8 / dt)
-    assert second.link_tx_bps == pytest.approx(4 * GIB / dt)
-    assert second.link_rx_bps == 0
+    assert second.link_tx_bps is None  # GPU 1's turn to read its links
+    gpus[0].nvlink_tx_kib += 1024**2  # per link: 4 links x 1 GiB since the first poll
+    third = backend.sample()[0]
+    dt = (third.t_ns - first.t_ns) / 1e9
+    assert third.link_tx_bps == pytest.approx(4 * GIB / dt)
+    assert third.link_rx_bps == 0
+    fourth = backend.sample()[0]
+    assert (fourth.link_tx_bps, fourth.link_rx_bps) == (third.link_tx_bps, 0)  # kept between turns
+
+
+def test_one_gpu_reads_its_nvlink_counters_per_poll(monkeypatch):
+    """18 links' counters took ~60 ms per H200: a poll reads them for one GPU, in turn."""
+    fake = load_fake(monkeypatch, "pynvml")
+    gpus = _gpus(fake, 4)
+    for gpu in gpus:
+        gpu.nvlinks = [other.bus_id for other in gpus if other is not gpu] * 6
+    fake.configure(gpus)
+    backend = NvmlBackend()
+    asked: list[list[int]] = []
+    real = fake.nvmlDeviceGetFieldValues
+
+    def counting(handle, ids):
+        asked.append([i for i in ids if isinstance(i, tuple)])
+        return real(handle, ids)
+    monkeypatch.setattr(fake, "nvmlDeviceGetFieldValues", counting)
+    turns = []
+    for _ in range(8):
+        asked.clear()
+        backend.sample()
+        with_links = [n for n, ids in enumerate(asked) if ids]
+        assert len(with_links) == 1 and len(asked[with_links[0]]) == 2 * 18
+        turns.append(with_links[0])
+    assert turns == [0, 1, 2, 3, 0, 1, 2, 3]
 
 
 def test_nvlink_pairs_beat_pcie_in_the_matrix_and_the_recommendation(monkeypatch):
