@@ -41,9 +41,9 @@ def poll(variant: str, seconds: float) -> int:
                     nv.nvmlDeviceGetComputeRunningProcesses(h)
                 except nv.NVMLError:
                     pass
-        elif variant == "fields":
+        elif variant == "fields":  # every GPU's links each time, as polls did before the turns
             for i, h in enumerate(handles):
-                b._field_values(i, h, time.perf_counter_ns())
+                b._field_values(i, h, time.perf_counter_ns(), read_links=True)
         elif variant == "basic":
             for h in handles:
                 nv.nvmlDeviceGetUtilizationRates(h)
@@ -92,7 +92,9 @@ def main() -> None:
     print(f"{count[0]} short-lived CUDA processes over {a.seconds:.0f} s, {a.churners} at a time")
     for v, (out, err, rc) in results.items():
         verdict = "CRASHED (SIGSEGV)" if rc == -11 else f"exit {rc}"
-        print(f"  {v:<11} {verdict:<18} polls {out.strip() or '-'}")
+        polls = int(out) if out.strip().isdigit() else 0
+        rate = f"{polls / a.seconds:.1f}/s, {1e3 * a.seconds / polls - 10:.0f} ms each" if polls else "-"
+        print(f"  {v:<11} {verdict:<18} polls {polls} ({rate} beside a 10 ms sleep)")
         if rc != 0:
             print("    " + "\n    ".join(err.strip().splitlines()[:8]))
 
