@@ -295,6 +295,30 @@ def test_help_lists_every_key_and_palette_has_every_toggle():
     run_app(body)
 
 
+def test_help_scrolls_to_its_last_key_at_80x24():
+    """The key list is longer than 24 rows: the help screen must scroll, not cut it off."""
+    from textual.containers import VerticalScroll
+
+    from llmtop.tui.screens.help import WIDGET_KEYS, HelpScreen
+
+    async def body(app, pilot):
+        fx.feed(app)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        scroller = app.screen.query_one(VerticalScroll)
+        assert scroller.max_scroll_y > 0 and scroller.region.bottom <= 24
+        last = WIDGET_KEYS[-1][1]   # "this screen, palette, profile": the last row
+        assert last not in screen_text(app)
+        await pilot.press("end")
+        await pilot.pause()
+        assert scroller.scroll_y == scroller.max_scroll_y and last in screen_text(app)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, HelpScreen)
+
+    run_app(body, size=(80, 24))
+
+
 def test_unavailable_option_refused_offline_and_theme_key_cycles():
     async def body(app, pilot):
         fx.feed(app)
