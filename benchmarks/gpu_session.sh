@@ -121,6 +121,13 @@ PY
     rm -rf /tmp/b7c; sweep /tmp/b7c 230 --model synthetic:llama-2-7b --tp 1,2,4 --batch 1,8 \
       --max-new-tokens 32 --preset baseline
     tar czf "$OUT/tpcheck.tgz" -C /tmp b7c ;;
-  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study overhead tp tp7b tp70b nvmlstress tpcheck"; exit 2 ;;
+  firstframe)  # where launch -> first frame goes on the GPU image (1.57 s there, 0.6 s on the CPU box)
+    for i in 1 2 3; do /usr/bin/time -f "python3 -c pass: %e s" python3 -c pass; done
+    for i in 1 2; do /usr/bin/time -f "import llmtop.tui.app: %e s" python3 -c "import llmtop.tui.app"; done
+    python3 -X importtime -c "import llmtop.tui.app" 2>&1 | sort -t'|' -k2 -n | tail -8
+    python3 -X importtime -c "pass" 2>&1 | sort -t'|' -k2 -n | tail -6
+    timeout 200 python3 benchmarks/dashboard_overhead.py --model synthetic:tiny --device cuda \
+      --max-new-tokens 32 --runs 1 --headless 1 --rounds 3 2>&1 | grep -E "first|OVERHEAD" ;;
+  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study overhead tp tp7b tp70b nvmlstress tpcheck firstframe"; exit 2 ;;
 esac
 cp "$LLMTOP_CACHE/engine.log" "$OUT/engine.log" 2>/dev/null
