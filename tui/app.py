@@ -214,7 +214,12 @@ class LlmtopApp(App):
         self._drawn = True
         self._fit_layout()
         self.redraw_all()
-        self.call_after_refresh(self._trace_event, "first_frame")
+        self.call_after_refresh(self._after_first_frame)
+
+    def _after_first_frame(self) -> None:
+        """Starts the engine and the sampler once the first frame is out, so neither the spawn
+        nor NVML's start-up competes with it for the GIL (launch -> first frame, docs)."""
+        self._trace_event("first_frame")
         if self.telemetry_on:
             self._start_telemetry()
         if self.replay is not None:
