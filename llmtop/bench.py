@@ -401,25 +401,40 @@ class Telemetry:
 
 def power_summary(sampler: Any, t0_ns: int, t1_ns: int, gpus: list[int] | None,
                   tokens: int) -> dict[str, Any]:
-    """Mean power of the GPUs in use over [t0, t1] and the energy per generated token.
+    """Mean power of the GPUs in use over [t0, t1], the energy per generated token, and each
+    GPU's own readings (mean power and utilization, peak memory): with tensor parallelism the
+    ranks' GPUs do not work alike, and the study asks for each one.
 
     Energy = sum over GPUs of mean power x duration: the samples come every 100 ms and a run
     lasts longer, which is the resolution NVML's power reading honestly has.
     """
     duration_s = max(0, t1_ns - t0_ns) / 1e9
-    per_gpu: dict[int, list[float]] = {}
+    per_gpu: dict[int, list[Any]] = {}
     for s in sampler.samples_between(t0_ns, t1_ns):
-        if (gpus is None or s.index in gpus) and s.power_w is not None:
-            per_gpu.setdefault(s.index, []).append(float(s.power_w))
-    if not per_gpu:
+        if gpus is None or s.index in gpus:
+            per_gpu.setdefault(s.index, []).append(s)
+    power = {i: [float(s.power_w) for s in v if s.power_w is not None] for i, v in per_gpu.items()}
+    power = {i: v for i, v in power.items() if v}
+    if not power:
         return {"available": False, "reason": "no power samples during the run"}
-    means = {i: sum(v) / len(v) for i, v in per_gpu.items()}
-    power = sum(means.values())
-    energy = power * duration_s
-    return {"available": True, "mean_power_w": power, "energy_j": energy,
+    means = {i: sum(v) / len(v) for i, v in power.items()}
+    total = sum(means.values())
+    energy = total * duration_s
+    return {"available": True, "mean_power_w": total, "energy_j": energy,
             "energy_j_per_token": energy / tokens if tokens else None,
-            "samples": sum(len(v) for v in per_gpu.values()), "gpus": sorted(means),
-            "duration_s": duration_s}
+            "samples": sum(len(v) for v in power.values()), "gpus": sorted(means),
+            "duration_s": duration_s,
+            "per_gpu": {str(i): _gpu_readings(per_gpu[i]) for i in sorted(per_gpu)}}
+
+
+def _gpu_readings(samples: list[Any]) -> dict[str, float | None]:
+    """One GPU over a run: mean power and utilization, the most memory it held."""
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+    mem = [s.mem_used for s in samples if s.mem_used is not None]
+    return {"power_w": mean([s.power_w for s in samples if s.power_w is not None]),
+            "util_pct": mean([s.util_pct for s in samples if s.util_pct is not None]),
+            "mem_used_gib": max(mem) / 2**30 if mem else None}
 
 
 def rank_gpus(plan: Plan, tp: int) -> list[int] | None:
@@ -709,6 +724,13 @@ def summarize(runs: list[dict[str, Any]], batch: int, prompt_len: int,
     if tele and all(t.get("available") for t in tele):
         out["mean_power_w"] = _mean([t["mean_power_w"] for t in tele])
         out["energy_j_per_token"] = _mean([t.get("energy_j_per_token") for t in tele])
+        per_gpu: dict[str, dict[str, Any]] = {}
+        for gpu in sorted({g for t in tele for g in t.get("per_gpu") or {}}, key=int):
+            readings = [t["per_gpu"][gpu] for t in tele if gpu in (t.get("per_gpu") or {})]
+            per_gpu[gpu] = {k: _mean([r.get(k) for r in readings])
+                            for k in ("power_w", "util_pct", "mem_used_gib")}
+        if per_gpu:
+            out["per_gpu"] = per_gpu
     return _clean(out)
 
 

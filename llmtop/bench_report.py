@@ -361,6 +361,16 @@ def _tp_section(results: dict[str, Any], points: list[dict[str, Any]]) -> list[s
             c = p["profiled_step"]
             lines.append(f"| {p['config']} | {p['tp']} | {p['batch']} | {c['step_ms']:.2f} | "
                          f"{c['busy_ms']:.2f} | {c['collective_ms']:.2f} | {c['collective_pct']:.0f}% |")
+    rows = [p for p in points if p["status"] == "ok" and p.get("per_gpu")]
+    if rows:
+        lines += ["", "Each GPU during the measured runs (NVML at 10 Hz: mean utilization and power, "
+                  "the most memory held):", "",
+                  "| config | tp | batch | GPU | util % | W | memory GiB |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for p in rows:
+            for gpu, r in p["per_gpu"].items():
+                lines.append(f"| {p['config']} | {p['tp']} | {p['batch']} | {gpu} | "
+                             f"{_f(r.get('util_pct'), '.0f')} | {_f(r.get('power_w'), '.0f')} | "
+                             f"{_f(r.get('mem_used_gib'), '.1f')} |")
     return lines
 
 

@@ -225,9 +225,8 @@ def test_existing_sweep_needs_resume_and_damaged_file_is_named(tmp_path, capsys)
 
 
 def test_power_summary_from_sampler_samples():
-    from types import SimpleNamespace as S
-
     from llmtop.bench import power_summary
+    from llmtop.profilers.gpu import GpuSample as S
 
     class FakeSampler:
         def samples_between(self, t0, t1, index=None):
@@ -240,6 +239,7 @@ def test_power_summary_from_sampler_samples():
     both = power_summary(FakeSampler(), 0, 1_000_000_000, None, tokens=4)
     assert both["mean_power_w"] == 200.0 and both["energy_j_per_token"] == 50.0
     assert power_summary(FakeSampler(), 0, 1, [5], tokens=1)["available"] is False
+    assert both["per_gpu"]["0"] == {"power_w": 150.0, "util_pct": None, "mem_used_gib": None}
 
 
 def test_compile_events_during_measured_runs_are_flagged(sweep, tmp_path):

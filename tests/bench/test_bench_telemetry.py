@@ -74,3 +74,36 @@ def test_power_is_charged_to_the_gpus_the_engine_placed_its_ranks_on():
     plan = Plan(gpus=[3, 1, 0], tps=[1, 2])
     assert rank_gpus(plan, 2) == [3, 1] and rank_gpus(plan, 1) == [3]
     assert rank_gpus(Plan(), 2) is None
+
+
+class StubTwoGpus(StubGpu):
+    """Two GPUs that do not work alike, as tensor-parallel ranks often do not."""
+
+    def devices(self):
+        return [gpu.GpuStatic(index=i, name="Stub GPU", vendor="none", memory_total=80 << 30)
+                for i in (0, 1)]
+
+    def sample(self, pid=None):
+        t = time.perf_counter_ns()
+        return [gpu.GpuSample(t_ns=t, index=0, power_w=250.0, util_pct=90.0, mem_used=10 << 30),
+                gpu.GpuSample(t_ns=t, index=1, power_w=100.0, util_pct=30.0, mem_used=5 << 30)]
+
+
+def test_tensor_parallel_report_shows_each_gpu(tmp_path, monkeypatch, capsys):
+    from llmtop.cli import main
+
+    monkeypatch.setattr(gpu, "detect_backend", lambda: StubTwoGpus())
+    out = tmp_path / "tele-tp"
+    code = main(["bench", "--model", "synthetic:tiny", "--device", "cpu", "--tp", "1,2", "--batch", "1",
+                 "--prompt-len", "16", "--max-new-tokens", "40", "--repeat", "1", "--warmup", "0",
+                 "--preset", "baseline", "--out", str(out), "--no-plots"])
+    assert code == 0, capsys.readouterr().err
+    points = {p["tp"]: p for p in json.loads((out / "bench.json").read_text())["points"]}
+    # on a CPU no GPU is the engine's, so every GPU the sampler sees is charged
+    assert points[2]["per_gpu"] == {"0": {"power_w": 250.0, "util_pct": 90.0, "mem_used_gib": 10.0},
+                                    "1": {"power_w": 100.0, "util_pct": 30.0, "mem_used_gib": 5.0}}
+    assert points[2]["mean_power_w"] == 350.0
+    md = (out / "report.md").read_text()
+    assert "Each GPU during the measured runs" in md
+    assert "| baseline | 2 | 1 | 0 | 90 | 250 | 10.0 |" in md
+    assert "| baseline | 2 | 1 | 1 | 30 | 100 | 5.0 |" in md
