@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from llmtop.engine import catalogue, spec as specs
 from llmtop.engine.client import needs_fresh_engine
@@ -327,76 +327,60 @@ def done_keys(records: list[dict[str, Any]]) -> set[str]:
 # ---- telemetry ------------------------------------------------------------------------------
 
 class Telemetry:
-    """GPU power during each run, from llmtop.profilers' Sampler when one can run here."""
+    """GPU power during each run, from a Sampler in its own process (profilers.sampler_process:
+    a crash in the vendor library ends the readings, not the sweep)."""
 
-    def __init__(self, enabled: bool = True, hz: float = 10.0) -> None:
+    def __init__(self, enabled: bool = True, hz: float = 10.0,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.sampler = None
-        self.backend = None
         self.reason = ""
         self.devices: list[dict[str, Any]] = []
+        self._described: dict[str, Any] = {}
+        self._warn = warn or (lambda message: None)
         if not enabled:
             self.reason = "turned off (--no-telemetry)"
             return
         try:
-            from llmtop.profilers.gpu import detect_backend
-            from llmtop.profilers.sampler import Sampler
+            from llmtop.profilers.gpu import BackendUnavailable
+            from llmtop.profilers.sampler_process import SamplerDied, SamplerProcess
         except Exception as e:  # the profilers package is optional here
             self.reason = f"llmtop.profilers is not available ({type(e).__name__}: {e})"
             return
         try:
-            backend = detect_backend()
-            devices = backend.devices()
-        except Exception as e:
-            self.reason = f"no GPU telemetry ({type(e).__name__}: {e})"
+            self.sampler = SamplerProcess(hz)
+        except (BackendUnavailable, SamplerDied) as e:
+            self.reason = str(e)
             return
-        if not devices:
-            reasons = getattr(backend, "reasons", None) or []
-            self.reason = "no GPU telemetry: " + ("; ".join(reasons) if reasons else "no GPU found")
-            return
-        self.backend = backend
-        self.devices = [asdict(d) if hasattr(d, "__dataclass_fields__") else dict(d) for d in devices]
-        self.sampler = Sampler(backend, hz=hz)
-
-    @property
-    def available(self) -> bool:
-        return self.sampler is not None
+        self.devices = [asdict(d) for d in self.sampler.devices]
+        self._described = {"backend": self.sampler.backend_name, "devices": self.devices,
+                            "versions": self.sampler.versions}
+        if self.sampler.topology is not None:
+            self._described["topology"] = self.sampler.topology
+        elif self.sampler.topology_error:
+            self._described["topology_error"] = self.sampler.topology_error
 
     def describe(self) -> dict[str, Any]:
-        if not self.available:
+        if not self._described:
             return {"available": False, "reason": self.reason}
-        out: dict[str, Any] = {"available": True, "backend": getattr(self.backend, "name", ""),
-                               "devices": self.devices}
-        try:
-            out["versions"] = self.backend.describe()
-        except Exception:
-            pass
-        if len(self.devices) > 1:  # the link matrix the tensor-parallel sets were chosen from
-            try:
-                from llmtop.profilers.report import topology_dict
-
-                out["topology"] = topology_dict(self.backend.topology())
-            except Exception as e:  # a vendor library that cannot say must not stop a sweep
-                out["topology_error"] = f"{type(e).__name__}: {e}"
-        return out
-
-    def start(self) -> None:
-        """Device-wide readings only: power is charged by GPU, and the engine's pid changes
-        whenever it restarts (a new TP size), so no per-process query is made."""
-        if self.sampler is not None:
-            self.sampler.start()
+        return {"available": True, **self._described}
 
     def stop(self) -> None:
         if self.sampler is not None:
-            self.sampler.stop()
-            try:
-                self.backend.close()
-            except Exception:
-                pass
+            self.sampler.close()
+            self.sampler = None
 
     def summary(self, t0_ns: int, t1_ns: int, gpus: list[int] | None, tokens: int) -> dict[str, Any]:
         if self.sampler is None:
-            return {"available": False}
-        return power_summary(self.sampler, t0_ns, t1_ns, gpus, tokens)
+            return {"available": False, "reason": self.reason} if self.reason else {"available": False}
+        from llmtop.profilers.sampler_process import SamplerDied
+
+        try:
+            return power_summary(self.sampler, t0_ns, t1_ns, gpus, tokens)
+        except SamplerDied as e:
+            self.stop()
+            self.reason = f"{e}; no GPU power from this run on"
+            self._warn(f"llmtop bench: {self.reason} (the sweep goes on)")
+            return {"available": False, "reason": self.reason}
 
 
 def power_summary(sampler: Any, t0_ns: int, t1_ns: int, gpus: list[int] | None,
@@ -770,9 +754,8 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
     progress: Progress | None = None
     session = EngineSession(str(out / "engine.log"), stall_s,
                             on_progress=lambda kind, ev: _on_engine(progress, kind, ev))
-    telemetry = Telemetry(telemetry_on)
+    telemetry = Telemetry(telemetry_on, warn=lambda message: _msg(err, message))  # forks: no thread yet
     session.start()
-    telemetry.start()
     interrupted = False
     try:
         # the first configuration tells the resolved device, so the default batches and what

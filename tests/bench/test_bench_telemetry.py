@@ -107,3 +107,36 @@ def test_tensor_parallel_report_shows_each_gpu(tmp_path, monkeypatch, capsys):
     assert "Each GPU during the measured runs" in md
     assert "| baseline | 2 | 1 | 0 | 90 | 250 | 10.0 |" in md
     assert "| baseline | 2 | 1 | 1 | 30 | 100 | 5.0 |" in md
+
+
+class CrashingGpu(StubGpu):
+    """A vendor library that segfaults after a second of polling, as NVML did in `llmtop bench`
+    on 4 x H200 (docs/tp-study.md)."""
+
+    polls = 0
+
+    def sample(self, pid=None):
+        CrashingGpu.polls += 1
+        if CrashingGpu.polls > 10:
+            import ctypes
+            import faulthandler
+            faulthandler.disable()  # pytest's dump of every stack would only clutter the log
+            ctypes.string_at(0)     # SIGSEGV
+        return super().sample(pid)
+
+
+def test_a_crash_in_the_gpu_library_ends_the_readings_not_the_sweep(tmp_path, monkeypatch, capsys):
+    from llmtop.cli import main
+
+    monkeypatch.setattr(gpu, "detect_backend", lambda: CrashingGpu())
+    out = tmp_path / "crash"
+    code = main(["bench", "--model", "synthetic:tiny", "--device", "cpu", "--batch", "1,2,4",
+                 "--prompt-len", "16", "--max-new-tokens", "64", "--repeat", "2", "--warmup", "0",
+                 "--preset", "baseline", "--out", str(out), "--no-plots"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    points = json.loads((out / "bench.json").read_text())["points"]
+    assert [p["status"] for p in points] == ["ok"] * 3
+    lost = [r["telemetry"] for p in points for r in p["runs"] if not r["telemetry"]["available"]]
+    assert lost and "the GPU sampler process died (killed by signal 11)" in lost[-1]["reason"]
+    assert sum("GPU sampler process died" in line for line in err.splitlines()) == 1
