@@ -413,11 +413,9 @@ def power_summary(sampler: Any, t0_ns: int, t1_ns: int, gpus: list[int] | None,
 
 def _gpu_readings(samples: list[Any]) -> dict[str, float | None]:
     """One GPU over a run: mean power and utilization, the most memory it held."""
-    def mean(values: list[float]) -> float | None:
-        return sum(values) / len(values) if values else None
     mem = [s.mem_used for s in samples if s.mem_used is not None]
-    return {"power_w": mean([s.power_w for s in samples if s.power_w is not None]),
-            "util_pct": mean([s.util_pct for s in samples if s.util_pct is not None]),
+    return {"power_w": _mean([s.power_w for s in samples]),
+            "util_pct": _mean([s.util_pct for s in samples]),
             "mem_used_gib": max(mem) / 2**30 if mem else None}
 
 
