@@ -171,7 +171,7 @@ def headless_runs(a: argparse.Namespace, workdir: Path, threads: int | None = No
 def engine_only(a: argparse.Namespace, threads: int | None = None) -> list[float]:
     """The same engine, the same back-to-back runs, no UI at all."""
     from llmtop.engine.client import EngineClient
-    from llmtop.protocol import ConfigApplied, Configure, Error, Generate, RunDone
+    from llmtop.engine.protocol import ConfigApplied, Configure, Error, Generate, RunDone
     from llmtop.engine import catalogue
 
     opts = catalogue.parse_opts(a.opt)

@@ -60,7 +60,7 @@ def engine_checks(backend: NvmlBackend, index: int, args: argparse.Namespace, ch
                   ) -> None:
     """The engine process on the GPU, as the dashboard sees it: memory, load, token alignment."""
     from llmtop.engine.client import EngineClient
-    from llmtop.protocol import Configure, Error, Generate, GuardResult, ModelInfo, RunDone, Token
+    from llmtop.engine.protocol import Configure, Error, Generate, GuardResult, ModelInfo, RunDone, Token
 
     def until(client: EngineClient, types: tuple, seen: list) -> object:
         while True:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from llmtop.engine.client import EngineClient
-from llmtop.protocol import (Configure, DeviceInfo, Error, Generate, GuardResult, ModelInfo,
+from llmtop.engine.protocol import (Configure, DeviceInfo, Error, Generate, GuardResult, ModelInfo,
                              RunDone)
 
 CONFIGS = {

@@ -21,7 +21,7 @@ from optimizations import CONFIGS, until
 
 from llmtop.engine.client import EngineClient
 from llmtop.headless import profile_table
-from llmtop.protocol import Configure, DeviceInfo, Error, Generate, GuardResult, RunDone, StepProfile
+from llmtop.engine.protocol import Configure, DeviceInfo, Error, Generate, GuardResult, RunDone, StepProfile
 
 
 def profile_config(client: EngineClient, args: argparse.Namespace, name: str) -> dict:

@@ -36,7 +36,7 @@ PROMPT = "Explain in one paragraph why the decode phase of a language model is m
 def main() -> int:
     from llmtop.engine import catalogue, threads
     from llmtop.engine.client import EngineClient
-    from llmtop.protocol import ConfigApplied, Configure, Error, Generate, RunDone
+    from llmtop.engine.protocol import ConfigApplied, Configure, Error, Generate, RunDone
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="embedded")

@@ -29,7 +29,7 @@ from optimizations import until  # the same event wait as the single-GPU benchma
 from llmtop.engine.client import EngineClient, needs_fresh_engine
 from llmtop.profilers.gpu import detect_backend
 from llmtop.profilers.sampler import Sampler
-from llmtop.protocol import (Configure, DeviceInfo, Error, Generate, GuardResult, ModelInfo,
+from llmtop.engine.protocol import (Configure, DeviceInfo, Error, Generate, GuardResult, ModelInfo,
                              RunDone, StepProfile)
 
 

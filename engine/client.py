@@ -13,7 +13,7 @@ import threading
 from multiprocessing.connection import wait
 from typing import Any, Callable
 
-from llmtop.protocol import Configure, Error, Shutdown, decode, encode
+from llmtop.engine.protocol import Configure, Error, Shutdown, decode, encode
 
 from . import spec, worker
 from . import threads as engine_threads

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from llmtop.protocol import Generate
+from llmtop.engine.protocol import Generate
 
 
 class PromptTooLong(ValueError):

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from llmtop.protocol import Generate, GuardResult
+from llmtop.engine.protocol import Generate, GuardResult
 
 from . import generate
 

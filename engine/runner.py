@@ -12,8 +12,8 @@ from typing import Any, Callable
 import torch
 from transformers import DynamicCache, StaticCache
 
-from llmtop import metrics as run_metrics
-from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, Error, Generate, GuardResult,
+from llmtop.engine import metrics as run_metrics
+from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, Error, Generate, GuardResult,
                              ModelInfo, RunDone,
                              RunStarted, Status, Token)
 

@@ -28,7 +28,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from llmtop.protocol import StepProfile
+from llmtop.engine.protocol import StepProfile
 
 from . import spec
 

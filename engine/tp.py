@@ -21,7 +21,7 @@ How it works:
 - No orphans: each follower holds one end of a pipe whose other end only rank 0 holds, and
   exits the moment it reads EOF, however rank 0 went. Rank 0 exits (after one Error event) if a
   follower dies, since a process group with a dead member can only hang or fail.
-- Multi-node: torchrun starts the ranks instead (`torchrun ... -m llmtop.engine.tp run ...`):
+- Multi-node: torchrun starts the ranks instead (`torchrun ... -m llmtop.torchrun run ...`):
   its rank 0 runs the normal llmtop command and the engine joins with env://; the others run
   the follower loop. See docs/tensor-parallel.md.
 """
@@ -33,7 +33,6 @@ import math
 import os
 import signal
 import socket
-import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from llmtop.protocol import Configure, Generate, Shutdown, decode, encode
+from llmtop.engine.protocol import Configure, Generate, Shutdown, decode, encode
 
 from . import catalogue
 from . import spec as specs
@@ -53,7 +52,7 @@ from . import spec as specs
 JOIN_TIMEOUT_S = 300          # followers import torch and transformers before they can join
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # one rank may compile minutes longer than another
 IDLE_TIMEOUT = timedelta(days=365)          # followers wait on the control group between runs
-EXTERNAL_ENV = "LLMTOP_TP_EXTERNAL"         # set by `python -m llmtop.engine.tp` under torchrun
+EXTERNAL_ENV = "LLMTOP_TP_EXTERNAL"         # set by `python -m llmtop.torchrun` under torchrun
 
 
 # ---- checks before anything is loaded ----------------------------------------------------------
@@ -526,27 +525,9 @@ def follower_main(rank: int, size: int, init: str, backend: str, local_index: in
     dist.destroy_process_group()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`torchrun [its options] -m llmtop.engine.tp run --headless --tp N ...` (any nodes).
-
-    torchrun's rank 0 runs the llmtop command as usual; the engine it starts joins the group
-    through torchrun's env:// store. Every other rank runs the follower loop on LOCAL_RANK's GPU.
-    """
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        print("llmtop.engine.tp: run me under torchrun (it sets RANK and WORLD_SIZE)", file=sys.stderr)
-        return 2
-    rank = int(os.environ["RANK"])
-    if rank == 0:
-        os.environ[EXTERNAL_ENV] = "1"
-        from llmtop.cli import main as cli_main
-
-        return cli_main(argv if argv is not None else sys.argv[1:])
+def follower_from_env() -> None:
+    """A follower rank started by torchrun (llmtop/torchrun.py): its rank and group from env://."""
     cuda = torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    follower_main(rank, int(os.environ["WORLD_SIZE"]), "env://", "nccl" if cuda else "gloo",
-                  local if cuda else None, None)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    follower_main(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://",
+                  "nccl" if cuda else "gloo", local if cuda else None, None)

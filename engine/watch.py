@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from llmtop.protocol import EngineEvent
+from llmtop.engine.protocol import EngineEvent
 
 KINDS = (
     ("hit config.recompile_limit", "recompile_limit"),

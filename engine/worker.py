@@ -14,7 +14,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from llmtop.protocol import Configure, Error, Generate, Shutdown, Status, Stop, decode, encode
+from llmtop.engine.protocol import Configure, Error, Generate, Shutdown, Status, Stop, decode, encode
 
 
 def main(conn: Connection, log_path: str | None = None, threads_request: int | None = None,

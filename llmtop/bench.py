@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, TextIO
 from llmtop.engine import catalogue, spec as specs
 from llmtop.engine.client import needs_fresh_engine
 from llmtop.profilers import gpu_set
-from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, Error, Generate,
+from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, Error, Generate,
                              ModelInfo, RunDone, RunStarted, Status, StepProfile, Token)
 
 SCHEMA = "llmtop.bench/1"
@@ -677,7 +677,7 @@ def summarize(runs: list[dict[str, Any]], batch: int, prompt_len: int,
               meta: dict[str, Any] | None, tp: int = 1) -> dict[str, Any]:
     """A point's figures from its measured runs: means over the repeats (medians and spread
     alongside), throughputs, and the roofline from the mean TTFT and TPOT."""
-    from llmtop import metrics
+    from llmtop.engine import metrics
 
     ttft = [r["ttft_ms"] for r in runs]
     tpot = [r["tpot_ms"] for r in runs]

@@ -11,7 +11,7 @@ import time
 from typing import Any, TextIO
 
 from llmtop.engine.client import EngineClient
-from llmtop.protocol import ConfigApplied, Error, RunDone, Status, StepProfile, Stop, Token
+from llmtop.engine.protocol import ConfigApplied, Error, RunDone, Status, StepProfile, Stop, Token
 from llmtop.settings import UsageError, configure_from_args, engine_threads_from_args, generate_from_args
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import TextIO
 
-from llmtop.session_log import ReplaySource, SessionDamage
+from llmtop.engine.session_log import ReplaySource, SessionDamage
 
 
 def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

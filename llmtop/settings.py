@@ -10,7 +10,7 @@ import argparse
 
 from llmtop.engine import catalogue, spec, threads
 from llmtop.profilers import gpu_set
-from llmtop.protocol import Configure, Generate
+from llmtop.engine.protocol import Configure, Generate
 
 DEFAULT_PROMPT = "The largest continent is"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-UI_SIDE = ["llmtop.cli", "llmtop.protocol", "llmtop.metrics", "llmtop.settings",
+UI_SIDE = ["llmtop.cli", "llmtop.engine.protocol", "llmtop.engine.metrics", "llmtop.settings",
            "llmtop.headless", "llmtop.engine.client", "llmtop.engine.catalogue",
            "llmtop.engine.spec", "llmtop.profilers", "llmtop.tui"]
 
@@ -40,3 +40,31 @@ def test_package_installs_under_the_llmtop_namespace_only(tmp_path):
     p = subprocess.run([sys.executable, "-c", code],
                        capture_output=True, text=True, env={"PYTHONPATH": str(target)}, cwd="/")
     assert "No module named 'engine'" in p.stderr
+
+
+LINT = ROOT / "scripts" / "lint-imports.sh"
+
+
+def _lint(env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "PYTHON": sys.executable, **(env_extra or {})}
+    return subprocess.run([str(LINT)], capture_output=True, text=True, env=env)
+
+
+def test_import_contracts_hold():
+    p = _lint()
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "broken" in p.stdout and "0 broken" in p.stdout
+
+
+def test_an_upward_import_breaks_the_layers_contract(tmp_path):
+    """The contract can fail: an engine module that imports the CLI is reported by name."""
+    site = tmp_path / "site"
+    p = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                        "-q", "--target", str(site), str(ROOT)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    (site / "llmtop" / "engine" / "upward.py").write_text("import llmtop.cli\n")
+    p = _lint({"LLMTOP_LINT_TREE": str(site / "llmtop")})
+    assert p.returncode != 0
+    assert "llmtop.engine.upward -> llmtop.cli" in p.stdout

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from llmtop import metrics, protocol
+from llmtop.engine import metrics, protocol
 
 
 def test_vllm_definitions_and_the_latency_identity():

@@ -26,8 +26,8 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from llmtop.engine import catalogue
 from llmtop.engine.client import needs_fresh_engine
-from llmtop.session_log import SessionWriter
-from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, Error, Generate,
+from llmtop.engine.session_log import SessionWriter
+from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, Error, Generate,
                              ModelInfo, RunDone, RunStarted, Status, Stop, Token)
 
 from . import theming

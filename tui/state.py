@@ -11,8 +11,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llmtop import metrics as m
-from llmtop.protocol import (ConfigApplied, DeviceInfo, EngineEvent, ModelInfo, RunDone, RunStarted,
+from llmtop.engine import metrics as m
+from llmtop.engine.protocol import (ConfigApplied, DeviceInfo, EngineEvent, ModelInfo, RunDone, RunStarted,
                              Status, Token)
 
 # The study's prompt first; the engine loops over these unless the user gives a prompt.

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from llmtop.protocol import ConfigApplied, Configure, Generate, RunDone, Token
-from llmtop.session_log import SessionWriter, read_session, replay_events, to_message
+from llmtop.engine.protocol import ConfigApplied, Configure, Generate, RunDone, Token
+from llmtop.engine.session_log import SessionWriter, read_session, replay_events, to_message
 
 from .conftest import llmtop
 

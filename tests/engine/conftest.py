@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from llmtop.engine.client import EngineClient
-from llmtop.protocol import Configure, Error, GuardResult
+from llmtop.engine.protocol import Configure, Error, GuardResult
 
 from ..conftest import wait_for
 

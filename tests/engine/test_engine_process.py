@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from llmtop.protocol import Configure, Error, Generate, RunDone, Stop, Token
+from llmtop.engine.protocol import Configure, Error, Generate, RunDone, Stop, Token
 
 from ..conftest import wait_for
 
@@ -138,7 +138,7 @@ def test_synthetic_tiny_is_built_and_labelled(engine_factory):
 def test_step_profile_on_demand_only(engine):
     import json
 
-    from llmtop.protocol import StepProfile
+    from llmtop.engine.protocol import StepProfile
 
     engine.send(Generate(run_id=20, prompt=PROMPT, max_new_tokens=6, ignore_eos=True,
                          profile_steps=3))

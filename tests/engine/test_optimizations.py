@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmtop.engine import catalogue
-from llmtop.protocol import (ConfigApplied, Configure, EngineEvent, Error, Generate,
+from llmtop.engine.protocol import (ConfigApplied, Configure, EngineEvent, Error, Generate,
                              GuardResult, RunDone, Token)
 
 from ..conftest import wait_for

@@ -10,7 +10,7 @@ import pytest
 
 from llmtop.engine import threads
 from llmtop.engine.client import EngineClient
-from llmtop.protocol import Configure, DeviceInfo, Error, Generate, GuardResult, RunDone
+from llmtop.engine.protocol import Configure, DeviceInfo, Error, Generate, GuardResult, RunDone
 
 from ..conftest import wait_for
 

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from llmtop.engine.client import EngineClient
-from llmtop.protocol import (Configure, Error, Generate, GuardResult, ModelInfo, RunDone, Status,
+from llmtop.engine.protocol import (Configure, Error, Generate, GuardResult, ModelInfo, RunDone, Status,
                              StepProfile, Stop, Token)
 
 from ..conftest import wait_for

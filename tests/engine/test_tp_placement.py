@@ -103,7 +103,7 @@ def test_plain_cuda_passes_the_up_front_check_when_enough_gpus_are_seen(monkeypa
 def test_a_gpu_tensor_parallel_group_ends_with_its_engine_process():
     """Seen on 4 x H200: rank 0 died (SIGSEGV) replacing a 2-GPU NCCL group by a 4-GPU one."""
     from llmtop.engine.client import needs_fresh_engine
-    from llmtop.protocol import Configure
+    from llmtop.engine.protocol import Configure
 
     gpu2 = {"model": "synthetic:llama-2-7b", "device": "cuda", "dtype": "bf16", "opts": {},
             "tp": 2, "gpus": None}

@@ -176,7 +176,7 @@ def test_backend_vllm_behind_the_engine_interface(tmp_path, monkeypatch, engine_
     """A real engine process with (fake) vLLM installed: backend=vllm is selectable, the guard
     compares vLLM's greedy ids with the transformers baseline, runs stream Token events with
     stamps and end in the same record; switching back reloads transformers."""
-    from llmtop.protocol import (ConfigApplied, Configure, DeviceInfo, Error, Generate,
+    from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, Error, Generate,
                                  GuardResult, RunDone, Token)
 
     from ..conftest import wait_for

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from llmtop.engine.client import EngineClient
-from llmtop.protocol import (Configure, DeviceInfo, Error, Generate, GuardResult, ModelInfo,
+from llmtop.engine.protocol import (Configure, DeviceInfo, Error, Generate, GuardResult, ModelInfo,
                              RunDone)
 
 from ..conftest import wait_for
@@ -73,7 +73,7 @@ def test_static_cache_with_cuda_graphs_matches_dynamic(gpu_engine):
 def test_graph_capture_and_tuning_are_events(gpu_engine):
     """The trace's markers: compile=full says when it compiled and captured a decode graph, with
     durations; TunableOp says when and how much it tuned."""
-    from llmtop.protocol import EngineEvent
+    from llmtop.engine.protocol import EngineEvent
 
     configure(gpu_engine, attention="sdpa", kv="static", compile="off")  # leave compile=full
     seen = configure(gpu_engine, attention="sdpa", kv="static", compile="full")
@@ -95,7 +95,7 @@ def test_graph_capture_and_tuning_are_events(gpu_engine):
 
 
 def test_step_profile_and_paged_on_cuda(gpu_engine):
-    from llmtop.protocol import StepProfile
+    from llmtop.engine.protocol import StepProfile
 
     configure(gpu_engine, attention="sdpa", kv="dynamic", compile="off", gemm="default")
     gpu_engine.send(Generate(run_id=6, prompt_len=64, max_new_tokens=16, ignore_eos=True,

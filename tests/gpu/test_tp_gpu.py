@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from llmtop.engine.client import EngineClient
-from llmtop.protocol import (Configure, Error, Generate, GuardResult, ModelInfo, RunDone,
+from llmtop.engine.protocol import (Configure, Error, Generate, GuardResult, ModelInfo, RunDone,
                              StepProfile)
 
 from ..conftest import wait_for

@@ -15,7 +15,7 @@ import pytest
 def engine_client():
     """A real engine on the embedded model, shared by a module's tests; closed at the end."""
     from llmtop.engine.client import EngineClient
-    from llmtop.protocol import Error, Status
+    from llmtop.engine.protocol import Error, Status
 
     client = EngineClient()
     client.start()

@@ -1,21 +1,21 @@
 """A fixed, realistic stream of engine events and telemetry, for tests that need no engine.
 
 Stamps are invented but the records are computed from them with the same functions the engine
-uses (llmtop.metrics), so every figure on screen is consistent with the tokens shown.
+uses (llmtop.engine.metrics), so every figure on screen is consistent with the tokens shown.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from llmtop import metrics as m
+from llmtop.engine import metrics as m
 from llmtop.engine import catalogue, threads
 from llmtop.profilers.gpu import GpuSample, GpuStatic
 from llmtop.profilers.host import HostSample
 from llmtop.profilers.numa import NumaNode, NumaStatus
 from llmtop.profilers.sampler import Tick
 from llmtop.profilers.topology import Link, TopologyMatrix
-from llmtop.protocol import (ConfigApplied, DeviceInfo, EngineEvent, ModelInfo, RunDone, RunStarted,
+from llmtop.engine.protocol import (ConfigApplied, DeviceInfo, EngineEvent, ModelInfo, RunDone, RunStarted,
                              Status, Token)
 
 MODEL = ModelInfo(name="SmolLM2-135M-Instruct", params=134515008, weight_bytes=269030016, layers=30,

@@ -8,7 +8,7 @@ import signal
 import psutil
 import pytest
 
-from llmtop.protocol import Configure, Generate
+from llmtop.engine.protocol import Configure, Generate
 from llmtop.tui.analysis import num
 from llmtop.tui.app import LlmtopApp
 from textual.widgets import OptionList

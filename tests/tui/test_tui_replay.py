@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmtop.session_log import ReplaySource, read_session
+from llmtop.engine.session_log import ReplaySource, read_session
 from llmtop.tui.app import LlmtopApp
 
 from . import fixed_session as fx

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmtop.protocol import Configure, Generate
+from llmtop.engine.protocol import Configure, Generate
 from llmtop.tui.analysis import COLLECTIVE_BOUND_PCT
 from llmtop.tui.app import LlmtopApp
 from textual.widgets import OptionList

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from llmtop.engine import catalogue
-from llmtop.protocol import ConfigApplied, Configure, Error, Generate, RunDone, RunStarted, Token
+from llmtop.engine.protocol import ConfigApplied, Configure, Error, Generate, RunDone, RunStarted, Token
 from llmtop.tui import analysis, state, theming
 from llmtop.tui.app import LlmtopApp
 from llmtop.tui.widgets.metrics import MetricsPanel
@@ -371,7 +371,7 @@ def test_pause_and_clear_keys():
 
 
 def test_profile_key_and_profile_screen():
-    from llmtop.protocol import StepProfile
+    from llmtop.engine.protocol import StepProfile
 
     async def body(app, pilot):
         fx.feed(app)
@@ -439,7 +439,7 @@ def _tp_model(device: str, gpus: list[int], tp: int = 2):
 
 
 def test_profile_screen_and_bottleneck_show_the_collective_share():
-    from llmtop.protocol import StepProfile
+    from llmtop.engine.protocol import StepProfile
 
     async def body(app, pilot):
         fx.feed(app)

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Input, Label, Static, Switch
 
-from llmtop.protocol import Generate
+from llmtop.engine.protocol import Generate
 
 from ..state import PROMPT_SET
 from .base import palette

@@ -11,7 +11,7 @@ File format (schema `llmtop.session/1`):
 
 `at_ns` is `time.perf_counter_ns()` when the line was written (the engine's token stamps use
 the same system-wide clock on Linux), and replay paces itself on it. Protocol events keep the
-fields `llmtop.protocol.encode` gives them (with "type" and "v"), so `to_message` turns a line
+fields `llmtop.engine.protocol.encode` gives them (with "type" and "v"), so `to_message` turns a line
 back into the dataclass the live dashboard handles.
 
 Reading stops at the first damaged line (a truncated last line after a crash, garbage, a line
@@ -82,8 +82,8 @@ class SessionWriter:
         self.lines += 1
 
     def event(self, message: Any) -> None:
-        """A protocol message (llmtop.protocol dataclass), encoded as the pipe encodes it."""
-        from llmtop.protocol import encode
+        """A protocol message (llmtop.engine.protocol dataclass), encoded as the pipe encodes it."""
+        from llmtop.engine.protocol import encode
 
         self.write(encode(message))
 
@@ -251,7 +251,7 @@ def to_message(event: dict[str, Any]) -> Any:
     dict itself for the session's own types (Config, Telemetry, Note, Replay*)."""
     if "v" not in event:
         return event
-    from llmtop.protocol import decode
+    from llmtop.engine.protocol import decode
 
     data = {k: v for k, v in event.items() if k != "at_ns"}
     try:
