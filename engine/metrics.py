@@ -111,3 +111,15 @@ def roofline(metrics: RunMetrics, weight_bytes: int, params: int, kv_bytes_per_t
         prefill_pct=100 * prefill_floor / metrics.ttft_ms if metrics.ttft_ms > 0 else math.nan,
         achieved_gb_s=achieved,
     )
+
+
+def first_divergence(ref: Sequence[int], ids: Sequence[int]) -> int | None:
+    """Index of the first token where two greedy sequences differ; None if neither differs.
+
+    One run stopping earlier than the other (EOS, max tokens, a stop) is not a divergence:
+    every comparison of token ids (the guard, the dashboard's rows, bench, compare) uses this.
+    """
+    for k, (a, b) in enumerate(zip(ref, ids)):
+        if a != b:
+            return k
+    return None

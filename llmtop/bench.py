@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import queue
 import signal
 import sys
 import time
@@ -27,10 +26,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
 from llmtop.engine import catalogue, spec as specs
-from llmtop.engine.client import needs_fresh_engine
+from llmtop.engine.metrics import first_divergence
+from llmtop.engine.protocol import Configure, Generate
+from llmtop.engine.session import EngineSession, Outcome
 from llmtop.profilers import gpu_set
-from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, Error, Generate,
-                             ModelInfo, RunDone, RunStarted, Status, StepProfile, Token)
 
 SCHEMA = "llmtop.bench/1"
 POINTS_FILE = "points.jsonl"
@@ -440,120 +439,6 @@ def gpu_indices(device: str, tp: int) -> list[int] | None:
     return list(range(first, first + tp))
 
 
-# ---- the engine -----------------------------------------------------------------------------
-
-@dataclass
-class Outcome:
-    record: dict[str, Any] | None = None
-    error_kind: str = ""
-    message: str = ""
-    events: list[dict[str, Any]] = field(default_factory=list)  # EngineEvents (recompiles, ...)
-    profile: dict[str, Any] | None = None   # the run's StepProfile, when it asked for one
-
-
-class EngineSession:
-    """One engine process, restarted if it dies or stalls; tracks what it is configured with."""
-
-    FATAL = ("engine_dead", "bad_request", "config", "not_configured", "internal", "protocol")
-
-    def __init__(self, log_path: str | None, stall_s: float, on_progress=None) -> None:
-        self.log_path = log_path
-        self.stall_s = stall_s
-        self.on_progress = on_progress or (lambda *a: None)
-        self.client = None
-        self.current: Configure | None = None
-        self.device_info: DeviceInfo | None = None
-        self.model_info: ModelInfo | None = None
-        self.applied: dict[str, Any] | None = None
-        self._run_id = 0
-
-    def start(self) -> None:
-        from llmtop.engine.client import EngineClient
-
-        self.client = EngineClient(log_path=self.log_path)
-        self.client.start()
-        self.current = None
-
-    def restart(self) -> None:
-        self.close()
-        self.start()
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-        self.current = None
-        self.applied = None
-
-    def _get(self) -> Any:
-        try:
-            return self.client.get(timeout=self.stall_s)
-        except queue.Empty:
-            return None
-
-    def configure(self, cfg: Configure) -> Outcome:
-        if self.current == cfg:
-            return Outcome()
-        if needs_fresh_engine(self.applied, cfg):
-            self.restart()
-        self.current = None
-        self.client.send(cfg)
-        while True:
-            ev = self._get()
-            if ev is None:
-                self.restart()
-                return Outcome(error_kind="stalled",
-                               message=f"no word from the engine for {self.stall_s:.0f} s while configuring")
-            if isinstance(ev, Status):
-                self.on_progress("status", ev)
-            elif isinstance(ev, ModelInfo):
-                self.model_info = ev
-            elif isinstance(ev, DeviceInfo):
-                self.device_info = ev
-            elif isinstance(ev, ConfigApplied):
-                self.applied = ev.config
-                self.current = cfg
-                return Outcome()
-            elif isinstance(ev, Error):
-                if ev.kind == "engine_dead":
-                    self.restart()
-                return Outcome(error_kind=ev.kind, message=ev.message)
-
-    def generate(self, req: Generate) -> Outcome:
-        self._run_id += 1
-        req.run_id = self._run_id
-        self.client.send(req)
-        started = False
-        error: Error | None = None
-        events: list[dict[str, Any]] = []
-        profile: dict[str, Any] | None = None
-        while True:
-            ev = self._get()
-            if ev is None:
-                self.restart()
-                return Outcome(error_kind="stalled",
-                               message=f"no word from the engine for {self.stall_s:.0f} s during a run")
-            if isinstance(ev, RunStarted) and ev.run_id == req.run_id:
-                started = True
-            elif isinstance(ev, Token) and ev.run_id == req.run_id:
-                self.on_progress("token", ev)
-            elif isinstance(ev, EngineEvent):
-                events.append(asdict(ev))
-            elif isinstance(ev, StepProfile) and ev.run_id == req.run_id:
-                profile = asdict(ev)
-            elif isinstance(ev, RunDone) and ev.run_id == req.run_id:
-                return Outcome(ev.record, error.kind if error else "", error.message if error else "",
-                               events, profile)
-            elif isinstance(ev, Error):
-                if ev.kind in self.FATAL:
-                    if ev.kind == "engine_dead":
-                        self.restart()
-                    return Outcome(error_kind=ev.kind, message=ev.message, events=events)
-                error = ev
-            elif isinstance(ev, Status) and started and error is not None and ev.phase in ("ready", "error"):
-                return Outcome(error_kind=error.kind, message=error.message, events=events)
-
-
 # ---- progress -------------------------------------------------------------------------------
 
 def _fmt_s(seconds: float) -> str:
@@ -719,11 +604,8 @@ def summarize(runs: list[dict[str, Any]], batch: int, prompt_len: int,
 def _guard(ids: list[list[int]], base: list[list[int]] | None) -> str:
     if base is None:
         return "no baseline"
-    a, b = ids[0] if ids else [], base[0] if base else []
-    for k, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return f"diverged at {k}"
-    return "identical" if len(a) == len(b) else f"diverged at {min(len(a), len(b))}"
+    k = first_divergence(base[0] if base else [], ids[0] if ids else [])
+    return "identical" if k is None else f"diverged at {k}"
 
 
 # ---- the sweep ------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from llmtop.engine.metrics import first_divergence
+
 RUN_SCHEMA_PREFIX = "llmtop.run/"
 BENCH_SCHEMA_PREFIX = "llmtop.bench/"
 
@@ -157,9 +159,9 @@ def _get(d: dict[str, Any], path: tuple[str, ...]) -> Any:
 def _tokens_guard(a: dict[str, Any], b: dict[str, Any]) -> str:
     ta = [t.get("id") for t in (a.get("tokens") or [[]])[0]]
     tb = [t.get("id") for t in (b.get("tokens") or [[]])[0]]
-    for k, (x, y) in enumerate(zip(ta, tb)):
-        if x != y:
-            return f"diverged at token {k}"
+    k = first_divergence(ta, tb)
+    if k is not None:
+        return f"diverged at token {k}"
     if len(ta) != len(tb):
         return f"identical for {min(len(ta), len(tb))} tokens, then one run stopped"
     return f"identical ({len(ta)} tokens)"

@@ -60,3 +60,12 @@ def test_protocol_round_trip_and_version_check():
         protocol.decode({**wire, "v": 99})
     with pytest.raises(ValueError, match="unknown message type"):
         protocol.decode({**wire, "type": "Nope"})
+
+
+def test_first_divergence_is_the_one_rule_for_token_ids():
+    from llmtop.engine.metrics import first_divergence
+
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 9, 3]) == 1
+    assert first_divergence([1, 2, 3], [1, 2]) is None   # one run stopped earlier (EOS)
+    assert first_divergence([], [4]) is None

@@ -154,14 +154,6 @@ class Row:
         return self._mean("decode_tokens_per_s")
 
 
-def compare_ids(ref: list[int], ids: list[int]) -> int | None:
-    """Index of the first differing token, None when one is a prefix of the other."""
-    for k, (a, b) in enumerate(zip(ref, ids)):
-        if a != b:
-            return k
-    return None
-
-
 class Session:
     """Everything measured since the dashboard started (or the history was cleared)."""
 
@@ -318,7 +310,7 @@ class Session:
             if ref is None or r.sample or r.batch != base.batch:
                 continue
             compared += 1
-            k = compare_ids(ref, r.ids)
+            k = m.first_divergence(ref, r.ids)
             if k is not None and (first_bad is None or k < first_bad):
                 first_bad = k
         if not compared:
