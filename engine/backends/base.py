@@ -1,0 +1,43 @@
+"""What an engine backend is: one way of running a loaded model behind one small interface.
+
+The runner picks one backend per configuration and holds no backend branches: loading the
+model, the guard, the stamps, the record and the events are the runner's; how the tokens are
+computed is the backend's. A backend that compiles or captures does it in its constructor (at
+configure time, each step an EngineEvent with its duration), never inside a measured run.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, ClassVar, Iterator
+
+from ..generate import Inputs, Sampling, Step
+from ..guard import Trace
+
+Emit = Callable[[Any], None]
+
+
+class Backend(abc.ABC):
+    name: ClassVar[str]   # the option of the `backend` axis: hf | vllm | native
+
+    @abc.abstractmethod
+    def generate_steps(self, inputs: Inputs, max_new_tokens: int, sampling: Sampling,
+                       eos_ids: set[int], ignore_eos: bool,
+                       should_stop: Callable[[], bool]) -> Iterator[Step]:
+        """One Step per generated position, stamped with perf_counter_ns right after its ids
+        reached the host (that read waits for the device, so the stamp is honest)."""
+
+    @abc.abstractmethod
+    def trace(self, inputs: Inputs, tokens: int) -> Trace:
+        """Greedy ids of the guard's check prompt, with each step's last-position logits
+        (float32, on the host) where the backend has them."""
+
+    def apply(self, opts: dict[str, str]) -> None:
+        """Options that change in place (no rebuild); the optimization units say which."""
+
+    def run_info(self) -> dict[str, Any]:
+        """Facts of the last run for its record (e.g. KV bytes reserved and used)."""
+        return {}
+
+    def close(self) -> None:
+        """Frees what the backend holds on the device."""
