@@ -16,13 +16,16 @@ from typing import Any
 SCHEMA = "llmtop.run/1"
 
 
-def versions() -> dict[str, str]:
+def versions(probe_torch: bool = True) -> dict[str, str]:
+    """Installed versions; `probe_torch=False` (a torch-free client) skips torch's CUDA/HIP."""
     out = {"python": platform.python_version()}
     for dist in ("llmtop", "torch", "transformers", "accelerate", "triton", "vllm", "flash-attn"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
+    if not probe_torch:
+        return out
     try:
         import torch
 
@@ -33,7 +36,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-def machine() -> dict[str, Any]:
+def machine(probe_torch: bool = True) -> dict[str, Any]:
+    """This host; `probe_torch=False` (a torch-free client) leaves out what only torch sees."""
     info: dict[str, Any] = {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
@@ -41,6 +45,8 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "gpus": [],
     }
+    if not probe_torch:
+        return info
     try:
         import torch
 
@@ -66,14 +72,14 @@ def _nvidia_driver() -> str:
 
 def build(model: dict[str, Any], config: dict[str, Any], request: dict[str, Any],
           tokens: list[list[dict[str, Any]]], metrics: dict[str, Any], guard: dict[str, Any],
-          stopped: str = "") -> dict[str, Any]:
+          stopped: str = "", probe_torch: bool = True) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "model": model,
         "config": config,
         "request": request,
-        "machine": machine(),
-        "versions": versions(),
+        "machine": machine(probe_torch),
+        "versions": versions(probe_torch),
         "tokens": tokens,
         "metrics": metrics,
         "guard": guard,

@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no dashboard: print the tokens and each run's metrics as they replay")
     replay.add_argument("--theme", default=None, help="dashboard theme")
 
+    from llmtop.attach_options import add_attach_options
+
+    attach = sub.add_parser(
+        "attach", help="profile a running inference server (vLLM, SGLang, TGI, llama.cpp, "
+                       "transformers serve) token by token",
+        epilog=ATTACH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_attach_options(attach)
+
     top = sub.add_parser("top", help="GPU telemetry as text lines for scripts (like nvidia-smi dmon)")
     top.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     top.add_argument("--count", type=int, default=None, help="stop after N samples")
@@ -123,6 +131,13 @@ BENCH_EPILOG = """examples:
   llmtop bench --opt attention=flash --opt compile=layers --config 'static:kv=static,compile=full'
   llmtop bench --out h100 --resume                                      continue an interrupted sweep
   llmtop bench --out h100 --report-only                                 rebuild the reports
+"""
+
+
+ATTACH_EPILOG = """examples:
+  llmtop attach http://127.0.0.1:8000 --headless --max-new-tokens 128      vLLM, SGLang, ...
+  llmtop attach http://127.0.0.1:8080 --headless --api tgi                 TGI's /generate_stream
+  llmtop attach http://127.0.0.1:8000 --headless --batch 8 --slo ttft=500,tpot=50 --json a.json
 """
 
 
@@ -145,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from llmtop.profilers import report
 
             return report.run_top(args.interval, args.count)
+        if args.command == "attach":
+            from llmtop import attach
+
+            return attach.main(args)
         if args.command == "replay":
             from llmtop import replay
 
