@@ -19,6 +19,7 @@ import ipaddress
 import json
 import os
 import sys
+import time
 from typing import Any, Callable, TextIO
 from urllib.parse import urlsplit
 
@@ -110,7 +111,10 @@ def measure(server: Server, req: Request, batch: int = 1, slo: dict[str, float] 
         errors = [t.error for t in traces if t.error is not None]
         return build.build(server, req, traces, slo, readings), errors
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except EndpointError as e:   # a request this API cannot carry: nothing was sent
+        raise AttachError(str(e)) from e
 
 
 def bench_runs(server: Server, req: Request, batch: int, repeat: int, warmup: int,
@@ -129,6 +133,30 @@ def bench_runs(server: Server, req: Request, batch: int, repeat: int, warmup: in
     return runs, ""
 
 
+def bench_point(server: Server, req: Request, batch: int, repeat: int = 3, warmup: int = 1,
+                api_key_env: str = DEFAULT_KEY_ENV, timeout_s: float = DEFAULT_TIMEOUT_S
+                ) -> dict[str, Any]:
+    """One point of `llmtop bench --endpoint URL` in bench's points.jsonl shape: config
+    "endpoint", batch = concurrent requests, bench's own compact runs and summary figures."""
+    from llmtop.bench import compact_run, point_key, summarize   # bench's shapes, one place
+
+    runs, error = bench_runs(server, req, batch, repeat, warmup, api_key_env, timeout_s)
+    prompt_len = int(runs[0]["metrics"]["prompt_tokens"]) if runs else 0
+    point: dict[str, Any] = {
+        "type": "point", "key": point_key(build.BACKEND, 1, prompt_len, req.max_new_tokens, batch),
+        "config": build.BACKEND, "tp": 1, "prompt_len": prompt_len,
+        "new_tokens": req.max_new_tokens, "batch": batch, "opts": {"backend": build.BACKEND},
+        "model": server.model, "device": server.url, "repeat": repeat, "warmup": warmup,
+        "unix": time.time(), "status": "error" if error else "ok", "error": error,
+        "endpoint": {"url": server.url, "api": server.api, "server": server.kind},
+        "runs": [] if error else [compact_run(r, {}, []) for r in runs],
+    }
+    if not error:
+        point["serving"] = [r["serving"] for r in runs]
+        point.update(summarize(point["runs"], batch, prompt_len, None))
+    return point
+
+
 # ---- the headless command -------------------------------------------------------------------
 
 def metrics_table(rec: dict[str, Any]) -> str:
@@ -138,7 +166,7 @@ def metrics_table(rec: dict[str, Any]) -> str:
     each = f" (mean of {k} requests)" if k > 1 else ""
     rows = [
         f"server    {e['server']} at {e['url']}  model {e['model']}  api {e['api']}",
-        f"stamps    {build.STAMPS}",
+        "stamps    on arrival here: the network and the server's streaming interval included",
         f"TTFT      {m['ttft_ms']:10.2f} ms{each}   p50 {s['ttft_ms']['p50']:.2f}  "
         f"p99 {s['ttft_ms']['p99']:.2f}",
         f"TPOT      {m['tpot_ms']:10.2f} ms{each}   decode {m['decode_tokens_per_s']:,.1f} tok/s",
@@ -147,7 +175,8 @@ def metrics_table(rec: dict[str, Any]) -> str:
         f"latency   {m['e2e_ms']:10.2f} ms{each}   = TTFT + TPOT x {n - 1}",
         f"tokens    {s['total_output_tokens']} in {s['completed']} requests   "
         f"{s['output_throughput']:,.1f} tok/s overall, {s['request_throughput']:,.2f} req/s",
-        f"counts    {sum(e['chunks'])} chunks, {e['multi_token_chunks']} of several tokens; "
+        f"counts    {sum(e['chunks'])} chunks, {e['multi_token_chunks']} of several tokens, "
+        f"server usage {_usage(e['usage_tokens'])}{' per request' if k > 1 else ''}; "
         + "; ".join(e["token_counts_meaning"][b] for b in e["token_counts"]),
     ]
     if "goodput" in s:
@@ -158,7 +187,7 @@ def metrics_table(rec: dict[str, Any]) -> str:
     if readings:
         last = readings[-1]
         peak = {key: max(r.get(key, 0.0) for r in readings) for key in last if key != "t_ns"}
-        rows.append("server    /metrics peak " + "  ".join(
+        rows.append("/metrics  peak " + "  ".join(
             f"{key} {value:.0%}" if key == "kv_cache_usage" else f"{key} {value:g}"
             for key, value in peak.items()))
     if s["failed"]:
@@ -169,6 +198,14 @@ def metrics_table(rec: dict[str, Any]) -> str:
     return "\n".join(["-" * width, *rows, "-" * width])
 
 
+def _usage(counts: list[int | None]) -> str:
+    known = [c for c in counts if c is not None]
+    if not known:
+        return "none"
+    return str(known[0]) if len(set(known)) == 1 and len(known) == len(counts) else "+".join(
+        "?" if c is None else str(c) for c in counts)
+
+
 def request_from_args(args: argparse.Namespace) -> Request:
     if args.max_new_tokens < 1:
         raise AttachError(f"--max-new-tokens must be at least 1, not {args.max_new_tokens}")
@@ -177,7 +214,8 @@ def request_from_args(args: argparse.Namespace) -> Request:
                    seed=args.seed, ignore_eos=args.ignore_eos)
 
 
-def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     if not args.headless:
         return _fail(err, "the attach dashboard is not built yet: use llmtop attach URL --headless")
     try:

@@ -28,10 +28,10 @@ STAMPS = ("arrival of each streamed chunk at this client (perf_counter_ns): incl
 
 COUNT_BASIS = {
     "server": "the server counted each chunk's tokens",
-    "usage": "the server's usage total equals the chunk count: one token per chunk",
-    "no_usage": "the server gave no token count: one token per chunk assumed",
-    "per_chunk": "the server's usage total differs from the chunk count and it did not say "
-                 "which chunk held which: figures are per chunk, not per token",
+    "usage": "one token per chunk (the server's usage total)",
+    "no_usage": "one token per chunk assumed (the server sent no count)",
+    "per_chunk": "figures are per chunk, not per token (the server's total differs and it did "
+                 "not say which chunk held which)",
 }
 
 
