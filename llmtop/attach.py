@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 from llmtop.attach_options import DEFAULT_KEY_ENV, DEFAULT_TIMEOUT_S
 from llmtop.engine.endpoint import SLO_KEYS, build, prom
-from llmtop.engine.endpoint.stream import (Chunk, EndpointError, Request, Server, base_url, detect,
-                                           one_line, open_client, stream_many)
+from llmtop.engine.endpoint.stream import (Chunk, EndpointError, Request, Server, Trace, base_url,
+                                           detect, one_line, open_client, stream_many)
 
 METRICS_INTERVAL_S = 0.5
 
@@ -103,8 +103,11 @@ def measure(server: Server, req: Request, batch: int = 1, slo: dict[str, float] 
         async with open_client(_key(api_key_env), timeout_s) as client:
             readings: list[dict[str, Any]] = []
             poller = asyncio.create_task(prom.poll(client, server.url, METRICS_INTERVAL_S, readings))
+            traces = [Trace(start_ns=time.perf_counter_ns()) for _ in range(batch)]
             try:
-                traces = await stream_many(client, server, req, batch, on_chunk)
+                await stream_many(client, server, req, traces, on_chunk)
+            except asyncio.CancelledError:   # Ctrl-C: what arrived makes the record
+                pass
             finally:
                 poller.cancel()
                 await asyncio.gather(poller, return_exceptions=True)
@@ -245,6 +248,9 @@ def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None
             with open(args.json, "w") as f:
                 json.dump(rec, f, indent=1)
             out.write(f"record written to {args.json}\n")
+    if errors and all(e.kind == "stopped" for e in errors):
+        _fail(err, f"interrupted; {len(errors)} requests {errors[0]}")
+        return 130
     if errors:
         more = f" (and {len(errors) - 1} more requests failed)" if len(errors) > 1 else ""
         return _fail(err, one_line(str(errors[0])) + more)

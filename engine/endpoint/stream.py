@@ -252,12 +252,13 @@ def _tgi_event(data: Any, t_ns: int, trace: Trace) -> None:
         trace.usage_tokens = int(details["generated_tokens"])
 
 
-async def stream(client: httpx.AsyncClient, server: Server, req: Request,
+async def stream(client: httpx.AsyncClient, server: Server, req: Request, trace: Trace,
                  on_chunk: Callable[[Chunk], None] | None = None) -> Trace:
-    """One streamed request; never raises a fault: it ends up in `Trace.error`."""
+    """One streamed request into `trace` (the caller's, so a cancelled run keeps what arrived);
+    never raises a fault: it ends up in `Trace.error`."""
     path, body = request_body(server, req)
     url = server.url + path
-    trace = Trace(start_ns=time.perf_counter_ns())
+    trace.start_ns = time.perf_counter_ns()
     parse = _tgi_event if server.api == "tgi" else _openai_event
     done = False
     try:
@@ -310,10 +311,20 @@ async def stream(client: httpx.AsyncClient, server: Server, req: Request,
     return trace
 
 
-async def stream_many(client: httpx.AsyncClient, server: Server, req: Request, batch: int,
+async def stream_many(client: httpx.AsyncClient, server: Server, req: Request,
+                      traces: list[Trace],
                       on_chunk: Callable[[int, Chunk], None] | None = None) -> list[Trace]:
-    """`batch` identical requests at once, as vLLM's benchmark sends a concurrency level."""
+    """One request per trace in `traces`, all at once (a concurrency level of vLLM's benchmark).
+
+    Cancelled (Ctrl-C), each unfinished trace keeps its chunks and says it was stopped.
+    """
     def relay(i: int) -> Callable[[Chunk], None] | None:
         return None if on_chunk is None else (lambda chunk: on_chunk(i, chunk))
 
-    return list(await asyncio.gather(*(stream(client, server, req, relay(i)) for i in range(batch))))
+    try:
+        await asyncio.gather(*(stream(client, server, req, t, relay(i)) for i, t in enumerate(traces)))
+    finally:
+        for t in traces:
+            if t.error is None and not t.finish:
+                t.error = EndpointError("stopped", f"stopped after {len(t.chunks)} chunks")
+    return traces

@@ -8,6 +8,7 @@ server that dies" is a real process dying mid-stream. Each first path segment is
     /tgi     TGI: /info, /generate_stream (recorded), /metrics (TGI's gauge names)
     /cut     streams 3 events of the recording, then ends the body cleanly, unfinished
     /dies    streams 3 events, then the process exits (connection reset mid-body)
+    /slow    the recorded stream, one event a second (for Ctrl-C)
     /json    answers a streamed request with the recorded non-streamed JSON
     /e400    400 with FastAPI's {"detail": ...};  /e503: 503 with OpenAI's {"error": {...}}
     /secure  /v1/models needs "Authorization: Bearer test-key" (401 otherwise)
@@ -57,7 +58,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _stream(self, chunks: list[bytes], finish: bool = True, die_after: int | None = None) -> None:
+    def _stream(self, chunks: list[bytes], die_after: int | None = None, pace_s: float = PACE_S) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -66,16 +67,16 @@ class Handler(BaseHTTPRequestHandler):
             if die_after is not None and i == die_after:
                 self.wfile.flush()
                 os._exit(1)
-            time.sleep(PACE_S)
+            time.sleep(pace_s)
             self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             self.wfile.flush()
-        if finish:
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
     def do_GET(self) -> None:
         prefix, _, rest = self.path.lstrip("/").partition("/")
-        if rest == "v1/models" and prefix in ("oai", "multi", "cut", "dies", "json", "e400", "e503"):
+        if rest == "v1/models" and prefix in ("oai", "multi", "cut", "dies", "slow", "json",
+                                                       "e400", "e503"):
             return self._json(200, json.loads((DATA / "transformers_serve_models.json").read_text()))
         if prefix == "secure" and rest == "v1/models":
             if self.headers.get("Authorization") != f"Bearer {KEY}":
@@ -103,6 +104,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(404, {"detail": "Not Found"})
         if prefix == "oai":
             return self._stream(events(recorded[rest]))
+        if prefix == "slow":
+            return self._stream(events(recorded[rest]), pace_s=1.0)
         if prefix == "multi":
             return self._stream(events("transformers_serve_multibyte.sse"))
         if prefix == "cut":

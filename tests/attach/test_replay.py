@@ -152,3 +152,22 @@ def test_server_dies_mid_stream(capsys: pytest.CaptureFixture, tmp_path: Path) -
 def test_tgi_has_no_ignore_eos(replay: str, capsys: pytest.CaptureFixture) -> None:
     code, out, err = attach(capsys, replay + "/tgi", "--ignore-eos")
     assert code == 2 and "no ignore_eos" in err and len(err.splitlines()) == 1
+
+
+def test_ctrl_c_keeps_what_arrived(replay: str, tmp_path: Path) -> None:
+    """SIGINT mid-stream: the table and the record of the tokens so far, exit code 130."""
+    import signal
+    import subprocess
+    import sys
+
+    out_json = tmp_path / "stop.json"
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("llmtop")), "attach", replay + "/slow",
+                             "--headless", "--json", str(out_json)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.read(len("The largest continent is Antarctica")).endswith("Antarctica")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and len(err.splitlines()) == 1
+    rec = json.loads(out_json.read_text())
+    assert 1 <= len(rec["tokens"][0]) < 8 and rec["endpoint"]["errors"][0]["kind"] == "stopped"
