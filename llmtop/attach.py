@@ -212,6 +212,8 @@ def _usage(counts: list[int | None]) -> str:
 def request_from_args(args: argparse.Namespace) -> Request:
     if args.max_new_tokens < 1:
         raise AttachError(f"--max-new-tokens must be at least 1, not {args.max_new_tokens}")
+    if args.batch < 1:
+        raise AttachError(f"--batch must be at least 1, not {args.batch}")
     return Request(prompt=args.prompt, max_new_tokens=args.max_new_tokens, chat=args.chat,
                    sample=args.sample, temperature=args.temperature, top_p=args.top_p,
                    seed=args.seed, ignore_eos=args.ignore_eos)

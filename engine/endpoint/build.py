@@ -118,7 +118,7 @@ def build(server: Server, req: Request, traces: list[Trace],
     """The run record of one batch of streamed requests; None when no token arrived at all.
 
     A request that failed after some tokens keeps them (its figures are in `requests`, the
-    record's `stopped` is "error" and `endpoint.errors` says why); one with no token is
+    record's `stopped` is "error", or "stop" after Ctrl-C, and `endpoint.errors` says why); one with no token is
     counted as failed, as vLLM counts it.
     """
     tokens, per, bases, errors = [], [], [], []
@@ -143,8 +143,9 @@ def build(server: Server, req: Request, traces: list[Trace],
     config = {"model": server.model, "device": BACKEND, "dtype": "", "tp": 1, "gpus": None,
               "opts": {"backend": BACKEND}, "url": server.url, "api": server.api}
     request = {**asdict(req), "batch": len(traces)}
+    stopped = "" if not errors else "stop" if all(e["kind"] == "stopped" for e in errors) else "error"
     rec = records.build(model, config, request, tokens, aggregate(per, duration_ms).to_dict(),
-                        {}, "error" if errors else "", probe_torch=False)
+                        {}, stopped, probe_torch=False)
     rec["start_ns"] = start
     rec["requests"] = [m.to_dict() for m in per]
     rec["serving"] = serving(per, sum(1 for e in tokens if not e), duration_ms, slo)

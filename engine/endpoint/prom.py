@@ -1,7 +1,7 @@
 """The server's own Prometheus /metrics: what it says of its queue, batch and KV cache.
 
 Parsed with prometheus_client's exposition-format parser. Only the gauges below are read, each
-summed over its labels (one value per server); a server without /metrics, or without any of
+summed over its labels (one value per server, all its models); a server without /metrics, or without any of
 them, gives nothing and the record simply has no `server_metrics`.
 """
 
@@ -26,14 +26,17 @@ GAUGES: dict[str, tuple[str, ...]] = {
 
 
 def parse(text: str) -> dict[str, float]:
-    """The known gauges in a /metrics page; unknown names are ignored."""
-    wanted = {name: ours for ours, names in GAUGES.items() for name in names}
-    out: dict[str, float] = {}
+    """The known gauges in a /metrics page, each summed over its labels; where a server has
+    two names for one gauge (vLLM's old and new KV name), the first in GAUGES wins."""
+    sums: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            ours = wanted.get(sample.name)
-            if ours is not None:
-                out[ours] = out.get(ours, 0.0) + float(sample.value)
+            sums[sample.name] = sums.get(sample.name, 0.0) + float(sample.value)
+    out: dict[str, float] = {}
+    for ours, names in GAUGES.items():
+        found = next((n for n in names if n in sums), None)
+        if found is not None:
+            out[ours] = sums[found]
     return out
 
 

@@ -126,14 +126,15 @@ def server_message(body: bytes) -> str:
 
 
 async def _get_json(client: httpx.AsyncClient, url: str) -> tuple[int, Any]:
+    where = urlunsplit(urlsplit(url)[:2] + ("", "", ""))
     try:
         resp = await client.get(url)
     except httpx.ConnectError as e:
-        raise EndpointError("unreachable", f"cannot connect to {url}: {one_line(e) or 'refused'}") from e
+        raise EndpointError("unreachable", f"cannot connect to {where}: {one_line(e) or 'refused'}") from e
     except httpx.TimeoutException as e:
-        raise EndpointError("unreachable", f"no answer from {url} in time") from e
+        raise EndpointError("unreachable", f"no answer from {where} in time") from e
     except httpx.HTTPError as e:
-        raise EndpointError("unreachable", f"{url}: {one_line(e)}") from e
+        raise EndpointError("unreachable", f"{where}: {one_line(e)}") from e
     try:
         return resp.status_code, resp.json()
     except ValueError:

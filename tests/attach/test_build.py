@@ -79,3 +79,18 @@ def test_attach_imports_no_torch() -> None:
             "print('torch' in sys.modules, 'transformers' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_metrics_page_gauges() -> None:
+    from llmtop.engine.endpoint import prom
+
+    page = ('# TYPE vllm:num_requests_running gauge\n'
+            'vllm:num_requests_running{model_name="a"} 2.0\n'
+            'vllm:num_requests_running{model_name="b"} 1.0\n'
+            '# TYPE vllm:kv_cache_usage_perc gauge\n'
+            'vllm:kv_cache_usage_perc{model_name="a"} 0.25\n'
+            '# TYPE vllm:gpu_cache_usage_perc gauge\n'
+            'vllm:gpu_cache_usage_perc{model_name="a"} 0.25\n'
+            '# TYPE vllm:prompt_tokens_total counter\n'
+            'vllm:prompt_tokens_total{model_name="a"} 99.0\n')
+    assert prom.parse(page) == {"running": 3.0, "kv_cache_usage": 0.25}

@@ -171,3 +171,4 @@ def test_ctrl_c_keeps_what_arrived(replay: str, tmp_path: Path) -> None:
     assert "interrupted" in err and len(err.splitlines()) == 1
     rec = json.loads(out_json.read_text())
     assert 1 <= len(rec["tokens"][0]) < 8 and rec["endpoint"]["errors"][0]["kind"] == "stopped"
+    assert rec["stopped"] == "stop"
