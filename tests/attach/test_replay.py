@@ -172,3 +172,12 @@ def test_ctrl_c_keeps_what_arrived(replay: str, tmp_path: Path) -> None:
     rec = json.loads(out_json.read_text())
     assert 1 <= len(rec["tokens"][0]) < 8 and rec["endpoint"]["errors"][0]["kind"] == "stopped"
     assert rec["stopped"] == "stop"
+
+
+def test_compare_reads_attach_records(replay: str, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert attach(capsys, replay + "/oai", "--json", str(a))[0] == 0
+    assert attach(capsys, replay + "/tgi", "--json", str(b))[0] == 0
+    assert cli.main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "backend=endpoint" in out and "model.server: transformers -> tgi" in out
