@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from llmtop.engine import metrics
 from llmtop.headless import metrics_table
 
@@ -59,6 +61,7 @@ def test_a_one_token_run_reads_na_and_never_nan():
     assert re.search(r"TPOT +n/a", table) and "decode n/a (one token)" in table
 
 
+@pytest.mark.slow
 def test_a_real_prompt_reads_within_its_floor_and_one_token_reads_na(tmp_path):
     """Issue 15: "prefill 157% of the 2686.93 ms floor" on a 2-core CPU; and "nan%"."""
     out = tmp_path / "run.json"
