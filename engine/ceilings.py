@@ -204,7 +204,6 @@ def hold_floors(ceil: dict[str, Any], m: metrics.RunMetrics, weight_bytes: int,
     if "prefill" in first.beaten:
         flops = 2 * (params * m.prompt_tokens + head) * m.batch
         peak = max(peak, flops / (m.ttft_ms / 1e3) / 1e12 / ranks)
-        bw = max(bw, weight_bytes / (m.ttft_ms / 1e3) / 1e9 / ranks)
     raised = (bw, peak) != (fresh["mem_bw_gb_s"], fresh["peak_tflops"])
     note = (f"{said} on the cached ceilings; measured again"
             + (", then raised to what this run achieved" if raised else ""))

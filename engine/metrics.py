@@ -132,8 +132,7 @@ def _pct(floor_ms: float, achieved_ms: float, name: str, beaten: list[str]) -> f
 def roofline(metrics: RunMetrics, weight_bytes: int, params: int, kv_bytes_per_token: int,
              mem_bw_gb_s: float, peak_tflops: float, ranks: int = 1,
              head_params: int = 0) -> Roofline:
-    """Decode is bounded by reading the weights (and KV) once a step; prefill by the larger
-    of its FLOPs at the matmul peak and one read of the weights.
+    """Decode is bounded by reading the weights (and KV) once a step, prefill by FLOPs.
 
     `params` are the weights that multiply every prompt token; `head_params` those that
     multiply one position per request (the LM head: the prefill keeps the last position's
@@ -147,7 +146,7 @@ def roofline(metrics: RunMetrics, weight_bytes: int, params: int, kv_bytes_per_t
     bytes_per_step = weight_bytes + kv_bytes_per_token * ctx * metrics.batch
     decode_floor = bytes_per_step / (mem_bw_gb_s * 1e9) * 1e3
     flops = 2 * (params * metrics.prompt_tokens + head_params) * metrics.batch
-    prefill_floor = max(flops / (peak_tflops * 1e12), weight_bytes / (mem_bw_gb_s * 1e9)) * 1e3
+    prefill_floor = flops / (peak_tflops * 1e12) * 1e3
     decoded = metrics.n_tokens > 1 and metrics.tpot_ms > 0
     beaten: list[str] = []
     return Roofline(

@@ -98,9 +98,9 @@ def test_one_token_run_has_no_decode_percentage_and_a_beaten_floor_is_never_show
     assert r.prefill_pct is None and r.decode_pct is None and r.beaten == ["decode", "prefill"]
 
 
-def test_prefill_floor_counts_the_head_once_and_never_drops_below_one_weight_read():
+def test_prefill_floor_counts_the_head_once():
     m = metrics.run_metrics(0, [100_000_000, 110_000_000], prompt_tokens=4)
     body = metrics.roofline(m, 270_000_000, 106_000_000, 0, 30, 0.05, head_params=28_000_000)
     assert body.prefill_floor_ms == pytest.approx(2 * (106e6 * 4 + 28e6) / 0.05e12 * 1e3)
-    tiny = metrics.roofline(m, 270_000_000, 1_000, 0, 30, 0.05)
-    assert tiny.prefill_floor_ms == pytest.approx(270e6 / 30e9 * 1e3)   # memory-bound prefill
+    whole = metrics.roofline(m, 270_000_000, 134_000_000, 0, 30, 0.05)
+    assert whole.prefill_floor_ms == pytest.approx(2 * 134e6 * 4 / 0.05e12 * 1e3)
