@@ -31,7 +31,7 @@ from . import spec
 
 KERNEL = "F.linear at the model's layer shapes"   # a cached entry of another kernel is stale
 STALE_S = 7 * 24 * 3600   # a week: drivers, clocks and neighbours change
-BUSY = 0.5                # load average per usable CPU above which a measurement is suspect
+BUSY = metrics.BUSY_LOAD
 
 
 def _sync(device: torch.device) -> None:

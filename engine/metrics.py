@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 
+BUSY_LOAD = 0.5   # load average per usable CPU above which a ceiling measured then is suspect
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile (numpy's default), q in 0..100; NaN for no values."""
     if not values:

@@ -11,6 +11,7 @@ import time
 from typing import Any, TextIO
 
 from llmtop.engine.client import EngineClient
+from llmtop.engine.metrics import BUSY_LOAD
 from llmtop.engine.protocol import ConfigApplied, Error, RunDone, Status, StepProfile, Stop, Token
 from llmtop.settings import UsageError, configure_from_args, engine_threads_from_args, generate_from_args
 
@@ -89,6 +90,9 @@ def metrics_table(record: dict[str, Any]) -> str:
         rows.append(f"roofline  {decode}, prefill {pct('prefill')}")
         if ceil.get("remeasured"):
             rows.append(f"ceilings  re-measured: {ceil['remeasured']}")
+        elif ceil.get("load", 0) > BUSY_LOAD:
+            rows.append(f"ceilings  measured under load {ceil['load']:.1f} per CPU: the floors may "
+                        "read low (LLMTOP_REMEASURE=1 measures again)")
     guard = _guard_row(record.get("guard") or {})
     if guard:
         rows.append(guard)

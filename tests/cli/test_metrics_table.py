@@ -78,3 +78,14 @@ def test_a_real_prompt_reads_within_its_floor_and_one_token_reads_na(tmp_path):
     assert "decode n/a" in p.stdout and re.search(r"prefill \d+% of the", p.stdout)
     assert rec["guard"]["status"] in ("identical", "equivalent")
     assert "guard     " in p.stdout
+
+
+def test_ceilings_measured_on_a_busy_machine_or_re_measured_say_so():
+    busy = record([1, 2])
+    busy["ceilings"]["load"] = 9.9
+    assert "measured under load 9.9 per CPU" in metrics_table(busy)
+    calm = record([1, 2])
+    calm["ceilings"]["load"] = 0.1
+    assert "ceilings  " not in metrics_table(calm)
+    calm["ceilings"]["remeasured"] = "prefill ran at 157% of its floor on the cached ceilings"
+    assert "ceilings  re-measured: prefill ran at 157%" in metrics_table(calm)
