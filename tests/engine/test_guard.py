@@ -97,8 +97,8 @@ def _trace(loaded, impl: str, static: bool = False, forced=None, backend=None) -
                            forced=forced)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["embedded", "synthetic:tiny"])
+@pytest.mark.parametrize("name", [pytest.param("embedded", marks=pytest.mark.slow),
+                                  "synthetic:tiny"])
 def test_flash_against_eager_in_bf16_is_never_diverged(name):
     """Issue 15: the default's "diverged at token 5, max |dlogit| 0.516" was a bf16 tie."""
     loaded = _load(name, "bf16")
