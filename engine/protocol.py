@@ -186,13 +186,22 @@ class StepProfile:
 
 @dataclass
 class GuardResult:
-    """The correctness guard: greedy ids of a check prompt against the baseline configuration."""
+    """The correctness guard: greedy ids of a check prompt against the baseline configuration.
 
-    status: str                    # identical | diverged
-    diverged_at: int | None        # first differing token index
+    identical: the same ids. equivalent: ids differ only where the baseline's top-1 margin is
+    within what the dtype's rounding can flip (engine/guard.py tolerance). diverged: a flip
+    rounding cannot explain; the only state that is an alarm.
+    """
+
+    status: str                    # identical | equivalent | diverged
+    diverged_at: int | None        # first differing token index (also for equivalent)
     max_logit_diff: float | None   # at that token (or over all tokens when identical)
     tokens: int
     baseline: str
+    margin: float | None = None          # baseline's top-1 margin at the first differing token
+    tolerance: float | None = None       # the flip threshold there (dtype eps x logit scale)
+    logit_distance: float | None = None  # largest |logit difference| over the compared steps
+    beyond_at: int | None = None         # first token flipped beyond tolerance (diverged only)
 
 
 @dataclass

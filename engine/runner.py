@@ -90,9 +90,9 @@ class Engine:
                                           tp=1 if vllm else cfg.tp,
                                           devices=self.ranks.devices(self.device))
             self.loaded.gpus, self.loaded.gpu_choice = placement.gpus, placement.why
-            self.baseline = self._trace("eager", False)
+            self.baseline = self._trace("eager", False, forced=None)
             self.emit(Status("warming", "measuring the device's bandwidth and FLOP/s ceilings"))
-            self.ceilings = ceilings.get(self.device, models.DTYPES[cfg.dtype])
+            self.ceilings = ceilings.get(self.device, models.DTYPES[cfg.dtype], self.loaded.model)
             if vllm:
                 self._start_vllm(cfg)
         model = self.loaded.model
@@ -118,7 +118,7 @@ class Engine:
         try:
             with self._heartbeat(phase, "correctness guard on the check prompt"):
                 current = self._trace(opts["attention"], opts["kv"] == "static",
-                                      opts["kv"] == "paged")
+                                      opts["kv"] == "paged", forced=self.baseline.ids)
             if tuning is not None:
                 tuning.check("during the correctness check")
         except RuntimeError as e:
@@ -150,7 +150,8 @@ class Engine:
             self.vllm = vllm_backend.VllmEngine(source, cfg.dtype, tensor_parallel_size=cfg.tp,
                                                 **extra)
 
-    def _trace(self, attention: str, static: bool, paged_kv: bool = False) -> guard.Trace:
+    def _trace(self, attention: str, static: bool, paged_kv: bool = False,
+               forced: list[int] | None = None) -> guard.Trace:
         if self.vllm is not None:
             return guard.trace_vllm(self.vllm, self.loaded.tokenizer, self.loaded.model.config,
                                     self.loaded.device)
@@ -163,7 +164,7 @@ class Engine:
                  else DynamicCache(config=model.config))
         with _sdpa_backend(attention):
             return guard.trace(model, self.loaded.tokenizer, self.loaded.device, cache, length,
-                               self.decoder)
+                               self.decoder, forced)
 
     def _compile(self, mode: str) -> None:
         model = self.loaded.model
@@ -320,13 +321,14 @@ class Engine:
                                asdict(self.guard) if self.guard else {}, stopped)
             rec["start_ns"] = start_ns
             rec["kv_bytes_per_token"] = models.kv_bytes_per_token(model)
-            rec["ceilings"] = self.ceilings
             if paged_info:
                 rec["paged"] = paged_info
-            info = rec["model"]
-            rec["roofline"] = asdict(run_metrics.roofline(
-                m, info["weight_bytes"], info["params"], rec["kv_bytes_per_token"],
-                self.ceilings["mem_bw_gb_s"], self.ceilings["peak_tflops"], ranks=cfg.tp))
+            roof, self.ceilings, events = ceilings.hold_floors(
+                self.ceilings, m, rec["model"]["weight_bytes"], rec["kv_bytes_per_token"], model,
+                self.device, models.DTYPES[cfg.dtype], ranks=cfg.tp)
+            for event in events:
+                self.emit(event)
+            rec["ceilings"], rec["roofline"] = self.ceilings, asdict(roof)
             self.emit(RunDone(req.run_id, rec))
         self.emit(Status("ready", "error" if stopped in ("oom", "error") else ""))
 

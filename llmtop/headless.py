@@ -11,8 +11,34 @@ import time
 from typing import Any, TextIO
 
 from llmtop.engine.client import EngineClient
+from llmtop.engine.metrics import BUSY_LOAD
 from llmtop.engine.protocol import ConfigApplied, Error, RunDone, Status, StepProfile, Stop, Token
 from llmtop.settings import UsageError, configure_from_args, engine_threads_from_args, generate_from_args
+
+
+def _num(value: Any, spec: str, unit: str = "") -> str:
+    """A figure, or n/a where there is none (a 1-token run's TPOT, a beaten floor): no nan."""
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:{spec}}{unit}"
+
+
+def _guard_row(g: dict[str, Any]) -> str | None:
+    status = g.get("status")
+    if status not in ("identical", "equivalent", "diverged"):
+        return None
+    dist = ("" if g.get("logit_distance") is None
+            else f", max |Δlogit| {g['logit_distance']:.3g}")
+    if status == "identical":
+        return f"guard     identical to {g['baseline']} over {g['tokens']} tokens{dist}"
+    if status == "equivalent":
+        return (f"guard     equivalent to {g['baseline']} within dtype rounding: token "
+                f"{g['diverged_at']} flipped on a margin {_num(g.get('margin'), '.3g')} "
+                f"<= tolerance {_num(g.get('tolerance'), '.3g')}{dist}")
+    at = g.get("beyond_at", g.get("diverged_at"))
+    why = (f" (margin beyond tolerance {g['tolerance']:.3g} by token {at})"
+           if g.get("tolerance") is not None else "")
+    return f"guard     DIVERGED from {g['baseline']} at token {g['diverged_at']}{why}{dist}"
 
 
 def metrics_table(record: dict[str, Any]) -> str:
@@ -20,6 +46,7 @@ def metrics_table(record: dict[str, Any]) -> str:
     m, model, cfg = record["metrics"], record["model"], record["config"]
     opts = " ".join(f"{k}={v}" for k, v in cfg["opts"].items() if k != "dtype")
     n, batch = m["n_tokens"], m["batch"]
+    decoded = n > 1
     synthetic = " (synthetic weights)" if model.get("synthetic") else ""
     rows = [
         f"model     {model['name']}{synthetic}  {model['params'] / 1e6:.1f} M params  "
@@ -31,20 +58,44 @@ def metrics_table(record: dict[str, Any]) -> str:
         which = f"GPUs {','.join(map(str, gpus))}, " if gpus else ""
         rows.append(f"ranks     tp {model.get('tp', 1)} on {', '.join(model.get('devices') or [])}"
                     + (f" ({which}{model['gpu_choice']})" if model.get("gpu_choice") else ""))
+    itl = m["itl"]
     rows += [
-        f"TTFT      {m['ttft_ms']:10.2f} ms   prefill {m['prefill_tokens_per_s']:,.0f} tok/s "
+        f"TTFT      {m['ttft_ms']:10.2f} ms   prefill {_num(m['prefill_tokens_per_s'], ',.0f')} tok/s "
         f"({m['prompt_tokens']} prompt tokens x batch {batch})",
-        f"TPOT      {m['tpot_ms']:10.2f} ms   decode {m['decode_tokens_per_s']:,.1f} tok/s",
-        f"ITL       mean {m['itl']['mean']:.2f}  p50 {m['itl']['p50']:.2f}  "
-        f"p90 {m['itl']['p90']:.2f}  p99 {m['itl']['p99']:.2f} ms",
+        (f"TPOT      {m['tpot_ms']:10.2f} ms   decode {_num(m['decode_tokens_per_s'], ',.1f')} tok/s"
+         if decoded else "TPOT             n/a      one token: no decode step"),
+    ]
+    if m.get("stalls"):
+        rows.append(f"steady TPOT {_num(m.get('tpot_steady_ms'), '8.2f', ' ms')}   without "
+                    f"{m['stalls']} stall{'s' if m['stalls'] > 1 else ''} "
+                    f"({m.get('stall_ms', 0) / 1e3:.1f} s: compile, capture or tuning)")
+    rows += [
+        (f"ITL       mean {itl['mean']:.2f}  p50 {itl['p50']:.2f}  "
+         f"p90 {itl['p90']:.2f}  p99 {itl['p99']:.2f} ms" if decoded else "ITL       n/a"),
         f"latency   {m['e2e_ms']:10.2f} ms   = TTFT + TPOT x {n - 1}",
-        f"tokens    {n} x batch {batch}   {m['tokens_per_s']:,.1f} tok/s overall",
+        f"tokens    {n} x batch {batch}   {_num(m['tokens_per_s'], ',.1f')} tok/s overall",
     ]
     roof = record.get("roofline")
     if roof:
-        rows.append(f"roofline  decode {roof['decode_pct']:.0f}% of the {roof['decode_floor_ms']:.2f} ms floor "
-                    f"({roof['achieved_gb_s']:.0f} GB/s of {record['ceilings']['mem_bw_gb_s']:.0f}), "
-                    f"prefill {roof['prefill_pct']:.0f}% of the {roof['prefill_floor_ms']:.2f} ms floor")
+        ceil = record.get("ceilings") or {}
+        beaten = roof.get("beaten") or []
+
+        def pct(name: str) -> str:
+            return ("above its floor (the ceiling under it was measured low)" if name in beaten
+                    else f"{_num(roof[name + '_pct'], '.0f', '%')} of the "
+                         f"{roof[name + '_floor_ms']:.2f} ms floor")
+
+        decode = (f"decode {pct('decode')} ({_num(roof['achieved_gb_s'], '.0f')} GB/s of "
+                  f"{ceil.get('mem_bw_gb_s', 0):.0f})" if decoded else "decode n/a (one token)")
+        rows.append(f"roofline  {decode}, prefill {pct('prefill')}")
+        if ceil.get("remeasured"):
+            rows.append(f"ceilings  re-measured: {ceil['remeasured']}")
+        elif ceil.get("load", 0) > BUSY_LOAD:
+            rows.append(f"ceilings  measured under load {ceil['load']:.1f} per CPU: the floors may "
+                        "read low (LLMTOP_REMEASURE=1 measures again)")
+    guard = _guard_row(record.get("guard") or {})
+    if guard:
+        rows.append(guard)
     if record.get("stopped"):
         rows.append(f"stopped   early: {record['stopped']}")
     width = max(len(r) for r in rows)

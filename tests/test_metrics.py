@@ -69,3 +69,38 @@ def test_first_divergence_is_the_one_rule_for_token_ids():
     assert first_divergence([1, 2, 3], [1, 9, 3]) == 1
     assert first_divergence([1, 2, 3], [1, 2]) is None   # one run stopped earlier (EOS)
     assert first_divergence([], [4]) is None
+
+
+def test_a_stall_in_the_middle_counts_in_tpot_not_in_steady_tpot():
+    """A 31 s recompile between tokens 100 and 101 of 256 (issue 15's compile_full point)."""
+    ms = 1_000_000
+    stamps, t = [], 50 * ms
+    for i in range(256):
+        stamps.append(t)
+        t += (31_000 + 20) * ms if i == 100 else 20 * ms
+    stall = (stamps[100] + 5 * ms, stamps[100] + 5 * ms + 31_000 * ms)
+    m = metrics.run_metrics(0, stamps, stalls=[stall, (stamps[-1] + ms, stamps[-1] + 2 * ms)])
+    assert m.tpot_ms == pytest.approx((255 * 20 + 31_000) / 255)   # vLLM's TPOT keeps it
+    assert m.tpot_steady_ms == pytest.approx(20.0)
+    assert m.stalls == 1 and m.stall_ms == pytest.approx(31_000)    # the later one is outside
+    d = m.to_dict()
+    assert (d["tpot_steady_ms"], d["stalls"], d["stall_ms"]) == (m.tpot_steady_ms, 1, m.stall_ms)
+    calm = metrics.run_metrics(0, stamps[:50])
+    assert calm.tpot_steady_ms == pytest.approx(calm.tpot_ms) and calm.stalls == 0
+
+
+def test_one_token_run_has_no_decode_percentage_and_a_beaten_floor_is_never_shown():
+    one = metrics.run_metrics(0, [100_000_000], prompt_tokens=2048)
+    r = metrics.roofline(one, 13_480_000_000, 6_740_000_000, 0, 3000, 800)
+    assert r.decode_pct is None and r.achieved_gb_s is None and r.prefill_pct is not None
+    fast = metrics.run_metrics(0, [1_000_000, 1_500_000], prompt_tokens=2048)  # 1 ms prefill
+    r = metrics.roofline(fast, 13_480_000_000, 6_740_000_000, 0, 3000, 800)
+    assert r.prefill_pct is None and r.decode_pct is None and r.beaten == ["decode", "prefill"]
+
+
+def test_prefill_floor_counts_the_head_once():
+    m = metrics.run_metrics(0, [100_000_000, 110_000_000], prompt_tokens=4)
+    body = metrics.roofline(m, 270_000_000, 106_000_000, 0, 30, 0.05, head_params=28_000_000)
+    assert body.prefill_floor_ms == pytest.approx(2 * (106e6 * 4 + 28e6) / 0.05e12 * 1e3)
+    whole = metrics.roofline(m, 270_000_000, 134_000_000, 0, 30, 0.05)
+    assert whole.prefill_floor_ms == pytest.approx(2 * 134e6 * 4 / 0.05e12 * 1e3)

@@ -72,8 +72,9 @@ def test_guard_reports_where_bf16_kernels_diverge(engine):
     applied, guard = configure(engine, attention="eager")
     assert guard.status == "identical" and guard.max_logit_diff == 0.0
     applied, guard = configure(engine, attention="sdpa")
-    if guard.status == "diverged":
-        assert 0 <= guard.diverged_at < guard.tokens
+    assert guard.status in ("identical", "equivalent"), guard   # bf16 near-ties are no bug
+    if guard.status == "equivalent":
+        assert 0 <= guard.diverged_at < guard.tokens and guard.margin <= guard.tolerance
         assert 0 < guard.max_logit_diff < 5   # a near-tie flipped, not garbage
     else:
         assert guard.diverged_at is None
