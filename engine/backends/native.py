@@ -68,7 +68,9 @@ class NativeBackend(Backend):
 
     def __init__(self, loaded: Any, opts: dict[str, str], emit: Emit, max_batch: int = 8,
                  context: int | None = None, page_size: int = PAGE_SIZE,
-                 pool_tokens: int | None = None, tp: int | None = None, tp_rank: int = 0) -> None:
+                 pool_tokens: int | None = None, tp: int | None = None, tp_rank: int = 0,
+                 graph_batches: list[int] | None = None,
+                 compile_mode: str | None = "max-autotune-no-cudagraphs") -> None:
         """`tp` > loaded.tp (a whole model on each rank, tests and CPU): native slices the
         weights itself; otherwise the loaded model's DTensors already hold this rank's part."""
         self.emit = emit
@@ -109,7 +111,8 @@ class NativeBackend(Backend):
         else:
             self.cache = StaticKV(*args)
         self.decoder = Decoder(self.model, self.cache, max_batch,
-                               opts.get("compile", "off") == "full", self._event)
+                               opts.get("compile", "off") == "full", self._event, compile_mode,
+                               graph_batches)
 
     def _event(self, kind: str, detail: str, t_ns: int, ms: float) -> None:
         extra = {"duration_ms": ms} if _TIMED else {}
@@ -136,6 +139,7 @@ class NativeBackend(Backend):
         if max(lengths) + max_new_tokens > self.context:
             raise NativeUnsupported(f"prompt of {max(lengths)} tokens + {max_new_tokens} new "
                                     f"exceeds backend=native's KV context of {self.context}")
+        self.decoder.check(len(rows))
         self.cache.begin(lengths)
         logits = torch.cat([self.model.prefill(ids, r, self.cache, self.attend)
                             for r, ids in enumerate(rows)])

@@ -126,6 +126,49 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + rotated * sin
 
 
+def attn_in(x: torch.Tensor, norm: torch.Tensor, wqkv: torch.Tensor, cos: torch.Tensor,
+            sin: torch.Tensor, pos: torch.Tensor, s: Shape) -> tuple[torch.Tensor, ...]:
+    """Norm, fused q/k/v projection, rotary at positions pos [N, T]: q, k, v [N, T, heads, D].
+
+    This and the two functions below are pure (weights are arguments): one compiled version
+    serves every layer, and the attention between them (whose KV span varies) stays outside.
+    """
+    n, t, _ = x.shape
+    h = rms_norm(x, norm, s.eps)
+    q, k, v = F.linear(h, wqkv).split(
+        [s.heads * s.head_dim, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim], dim=-1)
+    c, si = cos[pos].unsqueeze(2), sin[pos].unsqueeze(2)
+    q = rotate(q.view(n, t, s.heads, s.head_dim), c, si)
+    k = rotate(k.view(n, t, s.kv_heads, s.head_dim), c, si)
+    return q, k, v.view(n, t, s.kv_heads, s.head_dim)
+
+
+def attn_out_mlp(x: torch.Tensor, o: torch.Tensor, wo: torch.Tensor, norm: torch.Tensor,
+                 w13: torch.Tensor, w2: torch.Tensor, eps: float,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """Output projection and residual, then the SwiGLU MLP and residual (o [N, T, heads * D])."""
+    a = F.linear(o, wo)
+    x = x + (reduce(a) if reduce is not None else a)
+    gate, up = F.linear(rms_norm(x, norm, eps), w13).chunk(2, dim=-1)
+    m = F.linear(F.silu(gate) * up, w2)
+    return x + (reduce(m) if reduce is not None else m)
+
+
+def head(x: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.linear(rms_norm(x, norm, eps), lm_head).float()
+
+
+@dataclass
+class Pieces:
+    """The three pure pieces of a step: eager here, compiled by graphs.py for compile=full."""
+    attn_in: Callable[..., tuple[torch.Tensor, ...]] = attn_in
+    attn_out_mlp: Callable[..., torch.Tensor] = attn_out_mlp
+    head: Callable[..., torch.Tensor] = head
+
+
+EAGER = Pieces()
+
+
 class NativeLlama:
     """The forward. Attention reads and writes go through a KV cache object (kv.py)."""
 
@@ -160,29 +203,6 @@ class NativeLlama:
             ts += [lay.attn_norm, lay.wqkv, lay.wo, lay.mlp_norm, lay.w13, lay.w2]
         return sum(t.numel() * t.element_size() for t in ts)
 
-    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
-        return self.all_reduce(x) if self.all_reduce is not None else x
-
-    def _qkv(self, lay: Layer, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q, k, v [N, T, heads|kv_heads, D], rotated at positions pos [N, T]."""
-        s = self.shape
-        n, t, _ = x.shape
-        h = rms_norm(x, lay.attn_norm, s.eps)
-        q, k, v = F.linear(h, lay.wqkv).split(
-            [s.heads * s.head_dim, s.kv_heads * s.head_dim, s.kv_heads * s.head_dim], dim=-1)
-        cos, sin = self.cos[pos].unsqueeze(2), self.sin[pos].unsqueeze(2)
-        q = rotate(q.view(n, t, s.heads, s.head_dim), cos, sin)
-        k = rotate(k.view(n, t, s.kv_heads, s.head_dim), cos, sin)
-        return q, k, v.view(n, t, s.kv_heads, s.head_dim)
-
-    def _mlp(self, lay: Layer, x: torch.Tensor) -> torch.Tensor:
-        h = rms_norm(x, lay.mlp_norm, self.shape.eps)
-        gate, up = F.linear(h, lay.w13).chunk(2, dim=-1)
-        return x + self._reduce(F.linear(F.silu(gate) * up, lay.w2))
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(rms_norm(x, self.norm, self.shape.eps), self.lm_head).float()
-
     def prefill(self, ids: torch.Tensor, row: int, cache: Any,
                 attend: Callable[..., torch.Tensor]) -> torch.Tensor:
         """One request's prompt ids [1, T] into cache row `row` from slot 0; last logits [1, V].
@@ -197,15 +217,15 @@ class NativeLlama:
         rows = torch.full_like(slots, row)
         x = F.embedding(ids, self.embed)
         for i, lay in enumerate(self.layers):
-            q, k, v = self._qkv(lay, x, pos)
+            q, k, v = attn_in(x, lay.attn_norm, lay.wqkv, self.cos, self.sin, pos, s)
             cache.write(i, rows, slots, k[0], v[0])
             o = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-            x = x + self._reduce(F.linear(o.transpose(1, 2).reshape(1, t, s.heads * s.head_dim),
-                                          lay.wo))
-            x = self._mlp(lay, x)
-        return self.logits(x[:, -1])
+            x = attn_out_mlp(x, o.transpose(1, 2).reshape(1, t, s.heads * s.head_dim), lay.wo,
+                             lay.mlp_norm, lay.w13, lay.w2, s.eps, self.all_reduce)
+        return head(x[:, -1], self.norm, self.lm_head, s.eps)
 
-    def decode(self, ids: torch.Tensor, lens: torch.Tensor, cache: Any, span: int) -> torch.Tensor:
+    def decode(self, ids: torch.Tensor, lens: torch.Tensor, cache: Any, span: int,
+               fns: Pieces = EAGER) -> torch.Tensor:
         """One token per row: ids [B, 1] at slot lens[b] of row b; logits [B, V]; lens += 1.
 
         Attention reads the first `span` slots of each row (a fixed shape, so a captured graph
@@ -218,14 +238,15 @@ class NativeLlama:
         rows = torch.arange(b, device=ids.device)
         valid = torch.arange(span, device=ids.device)[None, :] <= lens[:, None]
         mask = valid[:, None, None, :]
+        pos = lens[:, None]
         x = F.embedding(ids, self.embed)
         for i, lay in enumerate(self.layers):
-            q, k, v = self._qkv(lay, x, lens[:, None])
+            q, k, v = fns.attn_in(x, lay.attn_norm, lay.wqkv, self.cos, self.sin, pos, s)
             cache.write(i, rows, lens, k[:, 0], v[:, 0])
             keys, values = cache.read(i, b, span)              # [B, kv_heads, span, D]
-            q = q.view(b, s.kv_heads, group, s.head_dim)
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-            x = x + self._reduce(F.linear(o.reshape(b, 1, s.heads * s.head_dim), lay.wo))
-            x = self._mlp(lay, x)
+            o = F.scaled_dot_product_attention(q.view(b, s.kv_heads, group, s.head_dim), keys,
+                                               values, attn_mask=mask)
+            x = fns.attn_out_mlp(x, o.reshape(b, 1, s.heads * s.head_dim), lay.wo, lay.mlp_norm,
+                                 lay.w13, lay.w2, s.eps, self.all_reduce)
         lens.add_(1)
-        return self.logits(x[:, 0])
+        return fns.head(x[:, 0], self.norm, self.lm_head, s.eps)
