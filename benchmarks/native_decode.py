@@ -104,6 +104,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gptfast", default="", help="gpt-fast's folder (skipped when empty)")
     ap.add_argument("--points", default="1x128,8x128,1x2048,8x2048")
+    ap.add_argument("--gptfast-points", default="1x128,8x128,1x2048,8x2048")
     ap.add_argument("--kv", default="static,paged")
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--long", type=int, default=2000, help="tokens of the flat-ITL run (0: none)")
@@ -150,12 +151,17 @@ def main() -> None:
             step_profile(native, loaded)
     if args.mixed:
         mixed_kv(loaded, args.mixed)
+    table(rows, {})
     peer = {}
-    if args.gptfast:
-        for batch, prompt in points:
-            peer[(batch, prompt)] = gptfast(args.gptfast, batch, prompt)
-            print(f"# gpt-fast {batch}x{prompt}: {peer[(batch, prompt)]}", flush=True)
-    table(rows, peer)
+    for pt in filter(None, args.gptfast_points.split(",")) if args.gptfast else ():
+        batch, prompt = (int(v) for v in pt.split("x"))
+        peer[(batch, prompt)] = gptfast(args.gptfast, batch, prompt)
+        ours = [r["tpot"] for r in rows if (r["kv"], r["batch"], r["prompt"]) == ("static", batch, prompt)]
+        ms = peer[(batch, prompt)].get("ms")
+        ratio = f", native static / gpt-fast {ours[0] / ms:.2f}" if ours and ms else ""
+        print(f"# gpt-fast {batch}x{prompt}: {peer[(batch, prompt)]}{ratio}", flush=True)
+    if peer:
+        table(rows, peer)
 
 
 def step_profile(native: NativeBackend, loaded: models.Loaded, steps: int = 32) -> None:
