@@ -126,7 +126,8 @@ def main() -> None:
         native = NativeBackend(loaded, {"kv": kv, "compile": "full", "attention": "sdpa"},
                                events.append, max_batch=max(batches), context=4096,
                                graph_batches=batches, compile_mode=args.mode or None)
-        built = ", ".join(f"{e.kind} {getattr(e, 'duration_ms', 0) / 1e3:.1f} s" for e in events)
+        built = "; ".join(f"{e.kind}: {e.detail} {getattr(e, 'duration_ms', None) or ''}"
+                          for e in events)
         print(f"# kv={kv}: built in {time.perf_counter() - t0:.1f} s ({built})", flush=True)
         weights = native.model.weight_bytes()
         token_bytes = native.cache.token_bytes

@@ -67,12 +67,13 @@ def check(model: Any) -> None:
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
-    """A DTensor's local shard (transformers' tensor-parallel load), or the tensor itself."""
-    return t.to_local() if hasattr(t, "to_local") else t
+    """A DTensor's local shard (transformers' tensor-parallel load), or the tensor itself, as
+    a plain tensor (detached: the compiled pieces then see inputs, not per-layer parameters)."""
+    return (t.to_local() if hasattr(t, "to_local") else t).detach()
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach()
 
 
 def _repoint(modules: list[nn.Module], fused: torch.Tensor) -> None:
@@ -107,8 +108,8 @@ def take_layers(model: Any, shard: Callable[[str, torch.Tensor], torch.Tensor] |
             wqkv = torch.cat([shard(kind, m.weight) for kind, m in zip("qkv", qkv_mods)])
             w13 = torch.cat([shard("col", m.weight) for m in mlp_mods])
             wo, w2 = shard("row", att.o_proj.weight), shard("row", mlp.down_proj.weight)
-        layers.append(Layer(block.input_layernorm.weight, wqkv, wo,
-                            block.post_attention_layernorm.weight, w13, w2))
+        layers.append(Layer(full(block.input_layernorm.weight), wqkv, wo,
+                            full(block.post_attention_layernorm.weight), w13, w2))
     return layers
 
 
