@@ -75,7 +75,7 @@ def timed_run(native: NativeBackend, loaded: models.Loaded, batch: int, prompt: 
     lens = prompt if isinstance(prompt, list) else [prompt] * batch
     width = max(lens)
     req = Generate(prompt_len=width, batch=batch, max_new_tokens=tokens)
-    inp = generate.prepare(req, None, loaded.model.config.vocab_size, 4096, "cuda")
+    inp = generate.prepare(req, None, loaded.model.config.vocab_size, 4096, loaded.device)
     mask = torch.zeros_like(inp.attention_mask)
     for r, n in enumerate(lens):
         mask[r, width - n:] = 1
