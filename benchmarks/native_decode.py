@@ -157,7 +157,8 @@ def main() -> None:
     for pt in filter(None, args.gptfast_points.split(",")) if args.gptfast else ():
         batch, prompt = (int(v) for v in pt.split("x"))
         peer[(batch, prompt)] = gptfast(args.gptfast, batch, prompt)
-        ours = [r["tpot"] for r in rows if (r["kv"], r["batch"], r["prompt"]) == ("static", batch, prompt)]
+        ours = [r["tpot"] for r in rows
+                if (r["kv"], r["batch"], r["prompt"]) == ("static", batch, prompt)]
         ms = peer[(batch, prompt)].get("ms")
         ratio = f", native static / gpt-fast {ours[0] / ms:.2f}" if ours and ms else ""
         print(f"# gpt-fast {batch}x{prompt}: {peer[(batch, prompt)]}{ratio}", flush=True)

@@ -1,8 +1,10 @@
 """The two KV caches of backend=native: static (contiguous rows) and paged (a block pool).
 
 Both are preallocated at construction, so their addresses never change and a captured decode
-step keeps working. Both expose the same two calls to the forward: `write(layer, rows, slots,
-k, v)` (one entry per token) and `read(layer, batch, span)` ([batch, kv_heads, span, head_dim]).
+step keeps working. Both expose the same calls to the forward, each computed once per step,
+not per layer: `targets(rows, slots)`, the index pair where token (rows[i], slots[i]) lives
+(`cache.k[layer][targets] = k` stores it), and `pages(batch, span)`, what `read(layer, batch,
+span, pages)` gathers ([batch, kv_heads, span, head_dim]).
 
 static reserves a whole context row per request; paged hands a request one page at a time as
 it grows (the host knows every length, so allocating never waits for the device), which is
@@ -43,12 +45,14 @@ class StaticKV:
         """The rows are about to write slot lengths[r] (the decode step that follows)."""
         self.used_tokens = sum(lengths) + len(lengths)
 
-    def write(self, layer: int, rows: torch.Tensor, slots: torch.Tensor, k: torch.Tensor,
-              v: torch.Tensor) -> None:
-        self.k[layer][rows, slots] = k
-        self.v[layer][rows, slots] = v
+    def targets(self, rows: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rows, slots
 
-    def read(self, layer: int, batch: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def pages(self, batch: int, span: int) -> None:
+        return None
+
+    def read(self, layer: int, batch: int, span: int,
+             pages: None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.k[layer][:batch, :span].transpose(1, 2),
                 self.v[layer][:batch, :span].transpose(1, 2))
 
@@ -68,8 +72,8 @@ class PagedKV:
         if page < 1 or context % page:
             raise ValueError(f"the page size ({page}) must divide the context ({context})")
         self.page, self.context, self.max_batch = page, context, max_batch
-        self.pages = max(1, pool_tokens // page) + 1     # page 0: where unassigned slots point
-        shape = (self.pages, page, kv_heads, head_dim)
+        self.n_pages = max(1, pool_tokens // page) + 1     # page 0: where unassigned slots point
+        shape = (self.n_pages, page, kv_heads, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.token_bytes = 2 * layers * kv_heads * head_dim * self.k[0].element_size()
@@ -83,7 +87,7 @@ class PagedKV:
 
     def begin(self, lengths: list[int]) -> None:
         """Frees the last batch's pages and gives each row the pages its prompt fills."""
-        self.free = list(range(self.pages - 1, 0, -1))
+        self.free = list(range(self.n_pages - 1, 0, -1))
         self.owned = [[] for _ in lengths]
         self.host_table.zero_()
         self.used_tokens = 0
@@ -100,7 +104,7 @@ class PagedKV:
         for r, slot in enumerate(last_slots):
             while len(self.owned[r]) * self.page <= slot:
                 if not self.free:
-                    raise KVFull(f"the paged KV pool ({(self.pages - 1) * self.page} tokens) is "
+                    raise KVFull(f"the paged KV pool ({(self.n_pages - 1) * self.page} tokens) is "
                                  "full: raise the pool size or lower the batch")
                 page = self.free.pop()
                 self.host_table[r, len(self.owned[r])] = page
@@ -109,23 +113,21 @@ class PagedKV:
         if changed:  # pinned and asynchronous: no host sync; the host copy is not touched again
             self.table.copy_(self.host_table, non_blocking=True)   # before later token reads
 
-    def write(self, layer: int, rows: torch.Tensor, slots: torch.Tensor, k: torch.Tensor,
-              v: torch.Tensor) -> None:
-        pages = self.table[rows, slots // self.page]
-        offsets = slots % self.page
-        self.k[layer][pages, offsets] = k
-        self.v[layer][pages, offsets] = v
+    def targets(self, rows: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.table[rows, slots // self.page], slots % self.page
 
-    def read(self, layer: int, batch: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n = math.ceil(span / self.page)
-        pages = self.table[:batch, :n]
-        shape = (batch, n * self.page) + self.k[layer].shape[2:]
+    def pages(self, batch: int, span: int) -> torch.Tensor:
+        return self.table[:batch, :math.ceil(span / self.page)]
+
+    def read(self, layer: int, batch: int, span: int,
+             pages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (batch, pages.shape[1] * self.page) + self.k[layer].shape[2:]
         k = self.k[layer][pages].view(shape)[:, :span]
         v = self.v[layer][pages].view(shape)[:, :span]
         return k.transpose(1, 2), v.transpose(1, 2)
 
     def usage(self) -> dict[str, int]:
         reserved = sum(len(o) for o in self.owned) * self.page
-        return dict(kv_pool_bytes=(self.pages - 1) * self.page * self.token_bytes,
+        return dict(kv_pool_bytes=(self.n_pages - 1) * self.page * self.token_bytes,
                     kv_reserved_bytes=reserved * self.token_bytes,
                     kv_used_bytes=self.used_tokens * self.token_bytes)

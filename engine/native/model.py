@@ -57,7 +57,8 @@ def check(model: Any) -> None:
         raise NativeUnsupported(f"backend=native runs Llama-architecture models; this one is "
                                 f"{getattr(cfg, 'model_type', '?')!r}: use backend=hf")
     if getattr(cfg, "hidden_act", "silu") != "silu":
-        raise NativeUnsupported(f"backend=native computes SwiGLU; this model's MLP uses {cfg.hidden_act}")
+        raise NativeUnsupported(f"backend=native computes SwiGLU; this model's MLP uses "
+                                f"{cfg.hidden_act}")
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
         raise NativeUnsupported("backend=native has no projection biases; this model has them")
     rope = getattr(model.model.rotary_emb, "rope_type", "default")
@@ -85,7 +86,8 @@ def _repoint(modules: list[nn.Module], fused: torch.Tensor) -> None:
         start += rows
 
 
-def take_layers(model: Any, shard: Callable[[str, torch.Tensor], torch.Tensor] | None) -> list[Layer]:
+def take_layers(model: Any,
+                shard: Callable[[str, torch.Tensor], torch.Tensor] | None) -> list[Layer]:
     """The decoder layers' weights, fused; `shard(kind, w)` slices a rank's part (tp.py).
 
     Without `shard` (one rank, or a transformers TP load whose DTensors are already this
@@ -128,11 +130,15 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 def attn_in(x: torch.Tensor, norm: torch.Tensor, wqkv: torch.Tensor, cos: torch.Tensor,
-            sin: torch.Tensor, pos: torch.Tensor, s: Shape) -> tuple[torch.Tensor, ...]:
-    """Norm, fused q/k/v projection, rotary at positions pos [N, T]: q, k, v [N, T, heads, D].
+            sin: torch.Tensor, pos: torch.Tensor, s: Shape, k_cache: torch.Tensor,
+            v_cache: torch.Tensor,
+            at: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Norm, fused q/k/v projection, rotary at positions pos [N, T], and k, v stored in the
+    cache at the index pair `at` (kv.py's `targets`, one entry per token); q, k, v [N, T, ., D].
 
-    This and the two functions below are pure (weights are arguments): one compiled version
-    serves every layer, and the attention between them (whose KV span varies) stays outside.
+    This and the two functions below are pure apart from that store (weights and cache are
+    arguments): one compiled version serves every layer, the store fuses into the rotary
+    kernel, and the attention between them (whose KV span varies) stays outside.
     """
     n, t, _ = x.shape
     h = rms_norm(x, norm, s.eps)
@@ -141,14 +147,18 @@ def attn_in(x: torch.Tensor, norm: torch.Tensor, wqkv: torch.Tensor, cos: torch.
     c, si = cos[pos].unsqueeze(2), sin[pos].unsqueeze(2)
     q = rotate(q.view(n, t, s.heads, s.head_dim), c, si)
     k = rotate(k.view(n, t, s.kv_heads, s.head_dim), c, si)
-    return q, k, v.view(n, t, s.kv_heads, s.head_dim)
+    v = v.view(n, t, s.kv_heads, s.head_dim)
+    k_cache[at] = k.flatten(0, 1)
+    v_cache[at] = v.flatten(0, 1)
+    return q, k, v
 
 
 def attn_out_mlp(x: torch.Tensor, o: torch.Tensor, wo: torch.Tensor, norm: torch.Tensor,
                  w13: torch.Tensor, w2: torch.Tensor, eps: float,
                  reduce: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
-    """Output projection and residual, then the SwiGLU MLP and residual (o [N, T, heads * D])."""
-    a = F.linear(o, wo)
+    """Output projection and residual, then the SwiGLU MLP and residual (x [N, T, hidden];
+    o: the attention's output, any layout whose elements are [N, T, heads * D] in order)."""
+    a = F.linear(o.reshape(x.shape[0], x.shape[1], -1), wo)
     x = x + (reduce(a) if reduce is not None else a)
     gate, up = F.linear(rms_norm(x, norm, eps), w13).chunk(2, dim=-1)
     m = F.linear(F.silu(gate) * up, w2)
@@ -214,15 +224,14 @@ class NativeLlama:
         s = self.shape
         t = ids.shape[1]
         pos = torch.arange(t, device=ids.device).unsqueeze(0)
-        slots = pos[0]
-        rows = torch.full_like(slots, row)
+        at = cache.targets(torch.full((t,), row, device=ids.device), pos[0])
         x = F.embedding(ids, self.embed)
         for i, lay in enumerate(self.layers):
-            q, k, v = attn_in(x, lay.attn_norm, lay.wqkv, self.cos, self.sin, pos, s)
-            cache.write(i, rows, slots, k[0], v[0])
+            q, k, v = attn_in(x, lay.attn_norm, lay.wqkv, self.cos, self.sin, pos, s,
+                              cache.k[i], cache.v[i], at)
             o = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-            x = attn_out_mlp(x, o.transpose(1, 2).reshape(1, t, s.heads * s.head_dim), lay.wo,
-                             lay.mlp_norm, lay.w13, lay.w2, s.eps, self.all_reduce)
+            x = attn_out_mlp(x, o.transpose(1, 2), lay.wo, lay.mlp_norm, lay.w13, lay.w2,
+                             s.eps, self.all_reduce)
         return head(x[:, -1], self.norm, self.lm_head, s.eps)
 
     def decode(self, ids: torch.Tensor, lens: torch.Tensor, cache: Any, span: int,
@@ -236,18 +245,19 @@ class NativeLlama:
         s = self.shape
         b = ids.shape[0]
         group = s.heads // s.kv_heads
-        rows = torch.arange(b, device=ids.device)
         valid = torch.arange(span, device=ids.device)[None, :] <= lens[:, None]
         mask = valid[:, None, None, :]
         pos = lens[:, None]
+        at = cache.targets(torch.arange(b, device=ids.device), lens)   # once for all layers
+        pages = cache.pages(b, span)
         x = F.embedding(ids, self.embed)
         for i, lay in enumerate(self.layers):
-            q, k, v = fns.attn_in(x, lay.attn_norm, lay.wqkv, self.cos, self.sin, pos, s)
-            cache.write(i, rows, lens, k[:, 0], v[:, 0])
-            keys, values = cache.read(i, b, span)              # [B, kv_heads, span, D]
+            q = fns.attn_in(x, lay.attn_norm, lay.wqkv, self.cos, self.sin, pos, s,
+                            cache.k[i], cache.v[i], at)[0]
+            keys, values = cache.read(i, b, span, pages)       # [B, kv_heads, span, D]
             o = F.scaled_dot_product_attention(q.view(b, s.kv_heads, group, s.head_dim), keys,
                                                values, attn_mask=mask)
-            x = fns.attn_out_mlp(x, o.reshape(b, 1, s.heads * s.head_dim), lay.wo, lay.mlp_norm,
-                                 lay.w13, lay.w2, s.eps, self.all_reduce)
+            x = fns.attn_out_mlp(x, o, lay.wo, lay.mlp_norm, lay.w13, lay.w2, s.eps,
+                                 self.all_reduce)
         lens.add_(1)
         return fns.head(x[:, 0], self.norm, self.lm_head, s.eps)

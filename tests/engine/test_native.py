@@ -55,13 +55,14 @@ def inputs_for(loaded: models.Loaded, prompt: str | None = None, prompt_len: int
 def hf_ids(loaded: models.Loaded, inputs: generate.Inputs, n: int = TOKENS) -> list[list[int]]:
     from transformers import DynamicCache
 
-    steps = generate.run(loaded.model, inputs, n, Sampling(), DynamicCache(config=loaded.model.config),
-                         set(), True, lambda: False)
+    cache = DynamicCache(config=loaded.model.config)
+    steps = generate.run(loaded.model, inputs, n, Sampling(), cache, set(), True, lambda: False)
     return [s.ids for s in steps]
 
 
 def native_ids(backend: NativeBackend, inputs: generate.Inputs, n: int = TOKENS) -> list[list[int]]:
-    return [s.ids for s in backend.generate_steps(inputs, n, Sampling(), set(), True, lambda: False)]
+    steps = backend.generate_steps(inputs, n, Sampling(), set(), True, lambda: False)
+    return [s.ids for s in steps]
 
 
 def backend(loaded: models.Loaded, events: list | None = None, **opts: str) -> NativeBackend:
@@ -157,7 +158,7 @@ def test_a_model_it_cannot_run_is_refused(tiny):
 
 
 def test_tp_that_does_not_divide_the_heads_is_refused(tiny):
-    with pytest.raises(NativeUnsupported, match="--tp 3 must divide the 8 attention heads and 4 KV"):
+    with pytest.raises(NativeUnsupported, match="--tp 3 must divide the 8 attention heads"):
         NativeBackend(tiny, {"kv": "static"}, lambda e: None, max_batch=1, context=CONTEXT, tp=3)
 
 
