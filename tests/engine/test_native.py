@@ -130,6 +130,42 @@ def test_trace_gives_logits_matching_hf(embedded):
     assert result.max_logit_diff is not None and result.max_logit_diff < 1e-3
 
 
+ROPE = {
+    "llama3": {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32},
+    "linear": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0},
+    "yarn": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+             "original_max_position_embeddings": 256},   # attention scaling != 1
+}
+
+
+def scaled_rope_model(rope: dict) -> models.Loaded:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, vocab_size=1000,
+                      max_position_embeddings=1024, rope_parameters=rope)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
+    return models.Loaded(model, None, specs.ModelSpec("synthetic", "rope"), "cpu", "fp32")
+
+
+@pytest.mark.parametrize("rope", sorted(ROPE))
+def test_scaled_rope_equals_hf_past_the_original_context(rope):
+    """Each type's frequencies (and YaRN's attention scaling) change these ids: with the
+    default rotary table instead, all three differ from hf's (checked when written)."""
+    loaded = scaled_rope_model(ROPE[rope])
+    inputs = inputs_for(loaded, prompt_len=170, max_new=32)
+    assert native_ids(backend(loaded), inputs, 32) == hf_ids(loaded, inputs, 32)
+
+
+def test_dynamic_rope_is_refused():
+    loaded = scaled_rope_model({"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})
+    with pytest.raises(NativeUnsupported, match="rope type 'dynamic'"):
+        backend(loaded)
+
+
 def test_compile_full_on_cpu_is_refused_with_its_reason(tiny):
     events: list = []
     with pytest.raises(NativeUnsupported, match="CUDA graphs, which need a CUDA device"):
