@@ -1,0 +1,220 @@
+"""backend=native decode speed on a GPU, side by side with gpt-fast, against the read floor.
+
+Synthetic Llama-2-7B shape, bf16. For each (kv, batch, prompt) it builds a NativeBackend with
+compile=full (compiled pieces in CUDA graphs, built before anything is timed) and times a run
+of --tokens decode steps through generate_steps, the stamps the engine itself records. Prints
+TPOT (mean decode gap), ITL p50 / p99, x-floor, where floor = (weight bytes + KV bytes the step
+must read) / the read bandwidth measured here, and native / gpt-fast where gpt-fast ran the
+same point (its own process, compile reduce-overhead, its decode_ms method: (t(N2) - t(N1)) /
+(N2 - N1)). Also the KV bytes static and paged reserve for a batch of mixed prompt lengths.
+
+    python3 benchmarks/native_decode.py [--gptfast DIR] [--points 1x128,8x128,1x2048,8x2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from llmtop.engine import generate, models
+from llmtop.engine import spec as specs
+from llmtop.engine.backends.native import NativeBackend
+from llmtop.engine.generate import Sampling
+from llmtop.engine.protocol import Generate
+
+GPTFAST = r"""
+import json, sys, time, torch
+sys.path.insert(0, sys.argv[1])
+import generate as G
+from model import Transformer
+bs, plen, n1, n2 = (int(a) for a in sys.argv[2:6])
+with torch.device("meta"):
+    m = Transformer.from_name("7B")
+m = m.to_empty(device="cuda").to(torch.bfloat16)
+with torch.no_grad():
+    for p in m.parameters(): p.normal_(0, 0.02)
+m.freqs_cis = None
+m.eval()
+G.decode_one_token = torch.compile(G.decode_one_token, mode="reduce-overhead", fullgraph=True)
+prompt = torch.randint(0, 31000, (plen,), device="cuda", dtype=torch.int)
+def run(n):
+    torch.cuda.synchronize(); t0 = time.perf_counter()
+    G.generate(m, prompt, n, batch_size=bs, interactive=False, draft_model=None, temperature=0.8, top_k=200)
+    torch.cuda.synchronize(); return time.perf_counter() - t0
+t = time.time(); run(n2); first = time.time() - t
+res = [(run(n2) - run(n1)) / (n2 - n1) * 1e3 for _ in range(3)]
+print(json.dumps({"bs": bs, "prompt": plen, "compile_s": round(first, 1), "ms": min(res)}), flush=True)
+"""
+
+
+def read_bandwidth() -> float:
+    """GB/s of a read-only pass (a sum) over 4 GiB, best of 10."""
+    x = torch.empty(2 ** 31, dtype=torch.bfloat16, device="cuda").normal_()
+    x.sum()
+    best = float("inf")
+    for _ in range(10):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        x.sum()
+        b.record()
+        torch.cuda.synchronize()
+        best = min(best, a.elapsed_time(b) / 1e3)
+    del x
+    return 2 ** 32 / best / 1e9
+
+
+def timed_run(native: NativeBackend, loaded: models.Loaded, batch: int, prompt: int | list[int],
+              tokens: int) -> list[int]:
+    """Stamps of one run (prompt lengths may differ per request: left-padded as the engine does)."""
+    lens = prompt if isinstance(prompt, list) else [prompt] * batch
+    width = max(lens)
+    req = Generate(prompt_len=width, batch=batch, max_new_tokens=tokens)
+    inp = generate.prepare(req, None, loaded.model.config.vocab_size, 4096, loaded.device)
+    mask = torch.zeros_like(inp.attention_mask)
+    for r, n in enumerate(lens):
+        mask[r, width - n:] = 1
+    inp.attention_mask = mask
+    steps = native.generate_steps(inp, tokens, Sampling(), set(), True, lambda: False)
+    return [s.t_ns for s in steps]
+
+
+def gaps_ms(stamps: list[int]) -> list[float]:
+    return [(b - a) / 1e6 for a, b in zip(stamps, stamps[1:])]
+
+
+def p(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def gptfast(folder: str, batch: int, prompt: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", GPTFAST, folder, str(batch), str(prompt), "32",
+                          "288"], capture_output=True, text=True, timeout=400)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    return json.loads(line[-1]) if line else {"error": out.stderr.strip().splitlines()[-1:]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gptfast", default="", help="gpt-fast's folder (skipped when empty)")
+    ap.add_argument("--points", default="1x128,8x128,1x2048,8x2048")
+    ap.add_argument("--gptfast-points", default="1x128,8x128,1x2048,8x2048")
+    ap.add_argument("--kv", default="static,paged")
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--long", type=int, default=2000, help="tokens of the flat-ITL run (0: none)")
+    ap.add_argument("--mixed", type=int, default=32, help="batch of the mixed-length KV run")
+    ap.add_argument("--mode", default="max-autotune-no-cudagraphs")
+    ap.add_argument("--profile", action="store_true", help="kernel table of a 1x128 step")
+    args = ap.parse_args()
+    points = [tuple(int(v) for v in pt.split("x")) for pt in args.points.split(",")]
+    bw = read_bandwidth()
+    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | read {bw:.0f} GB/s",
+          flush=True)
+    loaded = models.load(specs.resolve("synthetic:llama-2-7b"), "cuda", "bf16", "sdpa",
+                         lambda *a: None)
+    batches = sorted({b for b, _ in points})
+    rows = []
+    for kv in args.kv.split(","):
+        events: list = []
+        t0 = time.perf_counter()
+        native = NativeBackend(loaded, {"kv": kv, "compile": "full", "attention": "sdpa"},
+                               events.append, max_batch=max(batches), context=4096,
+                               graph_batches=batches, compile_mode=args.mode or None)
+        built = "; ".join(f"{e.kind}: {e.detail} {getattr(e, 'duration_ms', None) or ''}"
+                          for e in events)
+        print(f"# kv={kv}: built in {time.perf_counter() - t0:.1f} s ({built})", flush=True)
+        weights = native.model.weight_bytes()
+        token_bytes = native.cache.token_bytes
+        for batch, prompt in points:
+            timed_run(native, loaded, batch, prompt, 8)            # warm: allocator, cuBLAS
+            g = gaps_ms(timed_run(native, loaded, batch, prompt, args.tokens + 1))
+            kv_read = batch * (prompt + args.tokens / 2) * token_bytes
+            floor = (weights + kv_read) / bw / 1e6
+            tpot = statistics.fmean(g)
+            rows.append(dict(kv=kv, batch=batch, prompt=prompt, tpot=tpot, p50=p(g, .5),
+                             p99=p(g, .99), floor=floor))
+            print(f"  kv={kv} bs={batch} prompt={prompt}: TPOT {tpot:.3f} ms, floor "
+                  f"{floor:.3f} ms ({tpot / floor:.2f}x)", flush=True)
+        if args.long and kv == "static":
+            g = gaps_ms(timed_run(native, loaded, 1, 128, args.long))
+            print(f"# long run, kv={kv}, 1x128 + {args.long} tokens: p50 {p(g, .5):.3f} ms, "
+                  f"p99 {p(g, .99):.3f} ms, p99/p50 {p(g, .99) / p(g, .5):.2f}, max "
+                  f"{max(g):.3f} ms", flush=True)
+        if args.profile and kv == "static":
+            step_profile(native, loaded)
+        native.close()
+        del native
+    if args.mixed:
+        mixed_kv(loaded, args.mixed)
+    table(rows, {})
+    peer = {}
+    for pt in filter(None, args.gptfast_points.split(",")) if args.gptfast else ():
+        batch, prompt = (int(v) for v in pt.split("x"))
+        peer[(batch, prompt)] = gptfast(args.gptfast, batch, prompt)
+        ours = [r["tpot"] for r in rows
+                if (r["kv"], r["batch"], r["prompt"]) == ("static", batch, prompt)]
+        ms = peer[(batch, prompt)].get("ms")
+        ratio = f", native static / gpt-fast {ours[0] / ms:.2f}" if ours and ms else ""
+        print(f"# gpt-fast {batch}x{prompt}: {peer[(batch, prompt)]}{ratio}", flush=True)
+    if peer:
+        table(rows, peer)
+
+
+def step_profile(native: NativeBackend, loaded: models.Loaded, steps: int = 32) -> None:
+    """Where a batch-1 step's time goes: kernels' device time per step against the wall TPOT
+    (the difference is launch gaps and host waits)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    timed_run(native, loaded, 1, 128, 8)
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        stamps = timed_run(native, loaded, 1, 128, steps + 1)
+    wall = statistics.fmean(gaps_ms(stamps))
+    kern = [e for e in prof.key_averages() if e.device_type.name == "CUDA"
+            and e.self_device_time_total > 0]
+    kern.sort(key=lambda e: -e.self_device_time_total)
+    busy = sum(e.self_device_time_total for e in kern) / 1e3 / (steps + 1)  # prefill included
+    print(f"\n# step profile, static 1x128: wall {wall:.3f} ms/step, kernels {busy:.3f} "
+          f"ms/step (prefill spread in), gaps {wall - busy:.3f} ms")
+    print("| kernel | calls/step | us/call | ms/step |\n|---|---|---|---|")
+    for e in kern[:14]:
+        per = e.self_device_time_total / 1e3 / (steps + 1)
+        print(f"| {e.key[:70]} | {e.count / (steps + 1):.0f} | "
+              f"{e.self_device_time_total / e.count:.1f} | {per:.3f} |")
+
+
+def mixed_kv(loaded: models.Loaded, batch: int) -> None:
+    """KV bytes static and paged reserve for `batch` requests of prompts 64 .. 2048."""
+    lens = [64 + (2048 - 64) * r // (batch - 1) for r in range(batch)]
+    print(f"\n| kv (batch {batch}, prompts 64..2048, 32 new) | pool GB | reserved GB | used GB |")
+    print("|---|---|---|---|")
+    for kv in ("static", "paged"):
+        native = NativeBackend(loaded, {"kv": kv, "compile": "off", "attention": "sdpa"},
+                               lambda e: None, max_batch=batch, context=4096,
+                               pool_tokens=sum(lens) + batch * 64)
+        timed_run(native, loaded, batch, lens, 32)
+        u = native.run_info()
+        print(f"| {kv} | {u['kv_pool_bytes'] / 1e9:.2f} | {u['kv_reserved_bytes'] / 1e9:.2f} | "
+              f"{u['kv_used_bytes'] / 1e9:.2f} |", flush=True)
+        native.close()
+
+
+def table(rows: list[dict], peer: dict) -> None:
+    print("\n| kv | batch | prompt | TPOT ms | ITL p50 / p99 ms | floor ms | x floor | "
+          "gpt-fast ms | native / gpt-fast |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        g = peer.get((r["batch"], r["prompt"]), {}).get("ms")
+        ratio = f"{r['tpot'] / g:.2f}" if g else "n/a"
+        print(f"| {r['kv']} | {r['batch']} | {r['prompt']} | {r['tpot']:.3f} | {r['p50']:.3f} / "
+              f"{r['p99']:.3f} | {r['floor']:.3f} | {r['tpot'] / r['floor']:.2f} | "
+              f"{f'{g:.3f}' if g else 'n/a'} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
