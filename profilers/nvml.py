@@ -14,7 +14,6 @@ smooths that window, it never resolves a single decode step.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,8 @@ from .gpu import BackendUnavailable, GpuSample, GpuStatic, error_line, mask_memb
 from .topology import Link, TopologyMatrix
 
 ENERGY_READ_NS = 1_000_000_000
-NODE_SET_WORDS = 16  # 1024 NUMA nodes, Linux's largest MAX_NUMNODES
+NODE_SET_WORDS = 16   # 64-bit words for 1024 NUMA nodes, Linux's largest MAX_NUMNODES
+CPU_SET_WORDS = 128   # for 8192 CPUs, Linux's largest NR_CPUS: ids can exceed the CPU count
 _LEVEL_LABELS = {0: "INT", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
 
 
@@ -129,8 +129,7 @@ class NvmlBackend:
         nv = self._nv
         nodes = self._read(i, "numa", lambda: nv.nvmlDeviceGetMemoryAffinity(
             h, NODE_SET_WORDS, nv.NVML_AFFINITY_SCOPE_NODE))
-        words = max(1, -(-(os.cpu_count() or 1) // 64))
-        cpus = self._read(i, "cpu_affinity", lambda: nv.nvmlDeviceGetCpuAffinity(h, words))
+        cpus = self._read(i, "cpu_affinity", lambda: nv.nvmlDeviceGetCpuAffinity(h, CPU_SET_WORDS))
         members = mask_members(nodes) if nodes is not None else []
         return (members[0] if len(members) == 1 else None,
                 (mask_members(cpus) or None) if cpus is not None else None)

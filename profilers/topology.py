@@ -115,9 +115,11 @@ class _Scorer:
         pairs = list(combinations(sorted(matrix.indices), 2))
         links = {p: matrix.link(*p) for p in pairs}
         failed = [link for link in links.values() if link.error or link.kind == "unknown"]
+        self.lost: set[tuple[int, int]] = set()  # pairs whose score a failed query took
         for p, link in links.items():
-            lost = link.kind == "unknown" or (link.error is not None and link.bandwidth_gbps is None)
-            self.scores[p] = 0.0 if lost else link.score
+            if link.kind == "unknown" or (link.error is not None and link.bandwidth_gbps is None):
+                self.lost.add(p)
+            self.scores[p] = 0.0 if p in self.lost else link.score
         self.hops = {p: link.hops for p, link in links.items()}
         self.weights = {p: link.weight for p, link in links.items()}
         self.use_hops = all(v is not None for v in self.hops.values())
@@ -167,7 +169,7 @@ class Recommendation:
     gpus: list[int]
     weakest_link: float
     why: str               # "TP=4: GPUs 0,1,6,7: weakest link it must cross 100 GB/s; ..."
-    degraded: str | None   # None when every link figure was read
+    degraded: str | None   # what failed and what the ranking used; None when all was read
 
 
 def recommend(matrix: TopologyMatrix, k: int) -> Recommendation:
@@ -175,10 +177,12 @@ def recommend(matrix: TopologyMatrix, k: int) -> Recommendation:
     score = _Scorer(matrix)
     group = _recommend(matrix, k, score)
     weakest = _bottleneck(score.scores, tuple(group))
-    parts = [_weakest_words(matrix, group, weakest), _hop_words(matrix, group)]
+    lost = any(p in score.lost for p in combinations(group, 2))
+    parts = ["its links' bandwidth unknown" if lost else _weakest_words(matrix, group, weakest),
+             _hop_words(matrix, group)]
     why = f"TP={k}: GPUs {','.join(map(str, group))}: " + "; ".join(p for p in parts if p)
     return Recommendation(k=k, gpus=group, weakest_link=weakest,
-                          why=why + (f" ({score.degraded})" if score.degraded else ""),
+                          why=why + (" [degraded]" if score.degraded else ""),
                           degraded=score.degraded)
 
 

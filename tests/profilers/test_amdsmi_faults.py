@@ -103,8 +103,8 @@ def test_failed_bandwidths_fall_back_to_hops(monkeypatch):
     matrix = AmdSmiBackend().topology()
     rec = recommend(matrix, 2)
     assert all(matrix.link(a, b).hops == 1 for a in rec.gpus for b in rec.gpus if a != b)
-    assert "ranked by what is known (hops, link weight)" in rec.why
-    assert rec.why.startswith("TP=2: GPUs 0,1: ") and "every pair one hop" in rec.why
+    assert rec.degraded.endswith("ranked by what is known (hops, link weight)")
+    assert rec.why == "TP=2: GPUs 0,1: its links' bandwidth unknown; every pair one hop [degraded]"
 
 
 def test_xgmi_traffic_from_link_metrics_on_mi250x(monkeypatch):
