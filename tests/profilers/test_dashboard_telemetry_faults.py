@@ -1,0 +1,110 @@
+"""The dashboard (a real Textual pilot) with NVML failing under it: it never dies of
+telemetry, a failed GPU reads n/a in one line while the other updates, the NUMA panel names
+each GPU's node with its source, and quitting stops the sampler and closes the library."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from fakes.loader import load_fake, use_fake
+
+pytest.importorskip("textual")
+from llmtop.tui.app import LlmtopApp  # noqa: E402
+
+
+def text_of(app) -> str:
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+async def until(pilot, condition, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await pilot.pause(0.05)
+        if condition():
+            return
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run(body, **faults) -> LlmtopApp:
+    async def main():
+        app = LlmtopApp(start_engine=False, telemetry=True, telemetry_hz=20.0)
+        async with app.run_test(size=(160, 60)) as pilot:
+            await body(app, pilot)
+        return app
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def box(monkeypatch):
+    """Two H100s on nodes 0 and 1 as NVML's memory affinity says; no amdsmi."""
+    fake = load_fake(monkeypatch, "pynvml")
+    use_fake(monkeypatch, "amdsmi", installed=False)
+    gpus = [fake.FakeGpu(bus_id="00000000:17:00.0", uuid="GPU-a", numa_node=0, util_gpu=87),
+            fake.FakeGpu(bus_id="00000000:CA:00.0", uuid="GPU-b", numa_node=1)]
+    fake.configure(gpus)
+    return fake
+
+
+def test_nvml_that_cannot_start_is_one_line_and_the_dashboard_runs(box):
+    box._state["faults"] = {"nvmlDeviceGetCount": box.NVML_ERROR_NO_PERMISSION}
+
+    async def body(app, pilot):
+        await pilot.press("g")
+        await until(pilot, lambda: app.telemetry.backend, "the telemetry worker")
+        app.redraw_all()
+        await pilot.pause()
+        text = text_of(app)
+        assert "no GPU telemetry on this machine" in text
+        assert "NVML: cannot count the GPUs (NVMLError_NoPermission:" in text  # wraps here
+        assert app.telemetry.reasons[0] == ("NVML: cannot count the GPUs (NVMLError_NoPermission: "
+                                            "Insufficient Permissions)")
+        assert app.is_running
+    app = run(body)
+    assert app.return_code in (None, 0)
+
+
+def test_a_worker_surprise_is_one_line_not_a_dead_dashboard(box, monkeypatch):
+    """Anything the backends did not foresee used to end the app (WorkerFailed)."""
+    from llmtop.profilers import gpu
+
+    def broken():
+        raise RuntimeError("driver went away")
+    monkeypatch.setattr(gpu, "detect_backend", broken)
+
+    async def body(app, pilot):
+        await pilot.press("g")
+        await until(pilot, lambda: app.telemetry.backend, "the telemetry worker")
+        app.redraw_all()
+        await pilot.pause()
+        assert app.telemetry.reasons == ["GPU telemetry failed: RuntimeError: driver went away"]
+        assert "GPU telemetry failed: RuntimeError: driver" in text_of(app)
+        assert app.is_running
+    app = run(body)
+    assert app.return_code in (None, 0)
+
+
+def test_a_lost_gpu_reads_na_and_the_other_updates_then_quit_closes_nvml(box):
+    box._state["faults"] = {("nvmlDeviceGetHandleByIndex", 1): box.NVML_ERROR_GPU_IS_LOST}
+    seen = {}
+
+    async def body(app, pilot):
+        await pilot.press("g")
+        await until(pilot, lambda: app.telemetry.gpu.get(0), "GPU0's samples")
+        app.redraw_all()
+        await pilot.pause()
+        text = text_of(app)
+        assert "n/a: NVMLError_GpuIsLost: GPU is lost" in text
+        assert " 87%" in text  # GPU0's utilization still shown
+        await pilot.press("n")
+        await until(pilot, lambda: app.telemetry.numa is not None, "the NUMA reading")
+        app.redraw_all()
+        await pilot.pause()
+        assert "GPU0 → node 0 (NVML memory affinity)" in text_of(app)
+        seen["sampler"] = app._sampler
+        assert seen["sampler"]._thread.is_alive()
+    run(body)
+    sampler = seen["sampler"]
+    assert not sampler._thread.is_alive()   # quitting stopped the sampler thread
+    assert box._state["initialized"] == 0   # and shut NVML down
