@@ -108,3 +108,36 @@ def test_a_lost_gpu_reads_na_and_the_other_updates_then_quit_closes_nvml(box):
     sampler = seen["sampler"]
     assert not sampler._thread.is_alive()   # quitting stopped the sampler thread
     assert box._state["initialized"] == 0   # and shut NVML down
+
+
+def test_numa_panel_names_node_source_verdicts_and_the_fix():
+    """The engine's threads on node 0 and most of its memory on node 1: GPU0 (node 0, from
+    NVML) gets memory off and the numactl line; GPU1 (node 1, sysfs) threads off and taskset."""
+    from llmtop.profilers.numa import NumaNode, NumaStatus
+
+    status = NumaStatus(balancing=0, warning=None,
+                        nodes=[NumaNode(0, [0, 1]), NumaNode(1, [2, 3])],
+                        gpu_nodes={0: 0, 1: 1, 2: -1}, pid=4242, affinity=[0, 1],
+                        local={0: True, 1: False, 2: None},
+                        gpu_node_sources={0: "NVML memory affinity", 1: "sysfs", 2: "unknown"},
+                        engine_mem={0: 1 << 20, 1: 3 << 20})
+
+    async def main():
+        app = LlmtopApp(start_engine=False, telemetry=False)
+        async with app.run_test(size=(160, 60)) as pilot:
+            app.feed_telemetry("NVML", [], [], [], numa=status)
+            await pilot.press("n")
+            app.redraw_all()
+            await pilot.pause()
+            return text_of(app)
+    lines = [line.split("│")[-2].strip() for line in asyncio.run(main()).splitlines()
+             if line.count("│") >= 2]
+    at = lines.index("GPU0 → node 0 (NVML memory affinity)")
+    assert lines[at + 1:at + 5] == [
+        "threads ✓ on it  memory ✗ off it (25% of its pages)",
+        "fix: numactl --cpunodebind=0 --membind=0 llmtop",
+        "GPU1 → node 1 (sysfs)",
+        "threads ✗ off it  memory ✓ on it (75% of its pages)"]
+    text = "\n".join(lines)
+    assert "fix: taskset -a -c -p 2-3 4242" in text
+    assert "GPU2 → node unknown (no vendor or sysfs answer)" in text

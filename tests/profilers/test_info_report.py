@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 
 import pytest
 from fakes.loader import load_fake, use_fake
@@ -164,3 +165,22 @@ def test_a_link_count_is_not_printed_as_bandwidth():
     lines = matrix_text(topology_dict(TopologyMatrix("NVML", [0, 1], [[me, link], [link, me]])))
     assert lines[-1] == "  TP=2: GPUs 0,1: every pair NV18 (no NVLink speed reported)"
     assert lines[1].split() == ["GPU0*", "X", "NV18"]
+
+
+def test_the_uneven_mi250_fabric_reads_as_hops_weights_and_why(monkeypatch, host_root):
+    """Every pair of the 8-die box used to read "XGMI", and two-hop pairs sat under "direct-
+    link bandwidth"; now the cells say hops, weight and direct bandwidth, the TP=4 set is
+    starred, and one line per degree says why that set."""
+    fake = load_fake(monkeypatch, "amdsmi")
+    fake.configure(mi250_gpus(fake), mi250_pairs(fake))
+    lines = info_text(AmdSmiBackend(), root=host_root).splitlines()
+    rows = {cells[0]: cells for cells in (re.split(r"\s{2,}", line.strip()) for line in lines)
+            if cells[0].startswith("GPU") and "X" in cells}
+    assert rows["GPU0*"][:4] == ["GPU0*", "X", "1h w15 200G", "1h w15 50G"]
+    assert rows["GPU2"][:5] == ["GPU2", "1h w15 50G", "2h w30", "X", "1h w15 200G"]
+    assert "direct-link bandwidth" not in "\n".join(lines)
+    assert ("  TP=4: GPUs 0,1,6,7: weakest link it must cross 100 GB/s; 3 of 6 pairs one hop, "
+            "the others up to two hops") in lines
+    assert "  TP=2: GPUs 0,1: weakest link it must cross 200 GB/s; every pair one hop" in lines
+    header = next(line for line in lines if line.split()[:1] == ["GPU0*"] and "X" not in line)
+    assert header.split() == ["GPU0*", "GPU1*", "GPU2", "GPU3", "GPU4", "GPU5", "GPU6*", "GPU7*"]

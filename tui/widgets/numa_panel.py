@@ -27,7 +27,8 @@ _VERDICT = {True: "✓ on it", False: "✗ off it", None: "? unknown"}
 def relaunch_command() -> str:
     """The command line this dashboard was started with, as numactl should rerun it."""
     argv = sys.argv
-    if Path(argv[0]).name in ("llmtop", "__main__.py"):
+    path = Path(argv[0])
+    if path.name == "llmtop" or (path.name == "__main__.py" and path.parent.name == "llmtop"):
         return shlex.join(["llmtop", *argv[1:]])
     return "llmtop"
 
@@ -97,6 +98,7 @@ class NumaPanel(Static, Coalesced):
                 continue
             threads, memory = st.local.get(gpu), memory_local(st, gpu)
             share = memory_share(st, node) if node >= 0 else None
+            out.append("\n   ")
             for label, verdict in (("threads", threads), ("memory", memory)):
                 style = v["success"] if verdict else v["error"] if verdict is False else "dim"
                 out.append(f"  {label} ")
