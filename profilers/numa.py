@@ -3,10 +3,10 @@
 Each GPU's node comes from the vendor library first (NVML's memory affinity or amdsmi's NUMA
 node number, else the node holding the CPUs the library calls close), then from sysfs, and
 each figure names its source: VMs and containers often have no numa_node in sysfs although the
-driver knows. The study found that automatic NUMA balancing hurts GPU inference: its page-fault driven
-migration makes the GPU wait on MMU-notifier invalidations. It also found that a process on the
-far socket from its GPU pays for every host-device copy. Every reader takes `root` so tests can
-point it at a fixture tree of another machine.
+driver knows. The study found that automatic NUMA balancing hurts GPU inference: its
+page-fault driven migration makes the GPU wait on MMU-notifier invalidations. It also found
+that a process on the far socket from its GPU pays for every host-device copy. Every reader
+takes `root` so tests can point it at a fixture tree of another machine.
 """
 
 from __future__ import annotations

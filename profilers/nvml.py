@@ -314,8 +314,8 @@ class NvmlBackend:
             return Link(kind="nvlink", label=f"NV{count}", links=count, weight=level,
                         bandwidth_gbps=count * speed if speed else None)
         if level not in _LEVEL_LABELS:
-            return Link(kind="unknown", label="n/a", error="PCIe common ancestor: " + self.errors.get(
-                (i, "topology"), "not reported by the driver"))
+            why = self.errors.get((i, "topology"), "not reported by the driver")
+            return Link(kind="unknown", label="n/a", error=f"PCIe common ancestor: {why}")
         return Link(kind="pcie", label=_LEVEL_LABELS[level], weight=level)
 
     def _nvlink_speed_gbps(self, i: int, h: Any) -> float | None:

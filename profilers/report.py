@@ -242,7 +242,8 @@ def top_lines(samples: Sequence[GpuSample], t0_ns: int | None = None) -> str:
 def host_header(node_ids: Sequence[int]) -> str:
     """The column line of the host rows `llmtop top` prints each poll (CPU, memory, NUMA)."""
     return ("#" + f"{'time_s':>9}" + f" {'host':>4} {'cpu%':>5} {'memUsedMiB':>10} "
-            f"{'memAvailMiB':>11} {'load1':>6}" + "".join(f" {f'n{i}FreeMiB':>10}" for i in node_ids))
+            f"{'memAvailMiB':>11} {'load1':>6}"
+            + "".join(f" {f'n{i}FreeMiB':>10}" for i in node_ids))
 
 
 def host_line(sample: HostSample, free: dict[int, int | None], t0_ns: int) -> str:
