@@ -124,3 +124,18 @@ def test_the_fault_injection_really_raises_the_vendor_class(monkeypatch):
     fake.nvmlInit()
     with pytest.raises(fake.NVMLError_GpuIsLost):
         fake.nvmlDeviceGetCount()
+
+
+def test_an_unforeseen_exception_at_start_is_a_reason_line(monkeypatch):
+    """Not even an NVMLError (a broken ctypes binding): detection still ends in one line."""
+    fake = load_fake(monkeypatch, "pynvml")
+    use_fake(monkeypatch, "amdsmi", installed=False)
+    linked_pair(fake)
+
+    def broken():
+        raise OSError("libnvidia-ml.so.1: cannot read file data")
+    monkeypatch.setattr(fake, "nvmlDeviceGetCount", broken)
+    backend = detect_backend()
+    assert isinstance(backend, NoGpuBackend)
+    assert backend.reasons[0] == ("NVML: could not start (OSError: libnvidia-ml.so.1: cannot "
+                                  "read file data)")
