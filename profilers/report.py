@@ -246,11 +246,14 @@ def host_header(node_ids: Sequence[int]) -> str:
             + "".join(f" {f'n{i}FreeMiB':>10}" for i in node_ids))
 
 
-def host_line(sample: HostSample, free: dict[int, int | None], t0_ns: int) -> str:
-    """One host row under host_header(); `free` is each NUMA node's free bytes."""
+def host_line(sample: HostSample, free: dict[int, int | None], t0_ns: int,
+              cpu_known: bool = True) -> str:
+    """One host row under host_header(); `free` is each NUMA node's free bytes. The first
+    poll has no previous CPU reading to measure against, so its cpu% is n/a (cpu_known)."""
     load = f"{sample.load_avg[0]:>6.2f}" if sample.load_avg else f"{NA:>6}"
+    cpu = f"{sample.cpu_pct:>5.1f}" if cpu_known else f"{NA:>5}"
     cells = "".join(f" {NA:>10}" if b is None else f" {b / MIB:>10.0f}" for b in free.values())
-    return (f"{(sample.t_ns - t0_ns) / 1e9:>10.3f} {'host':>4} {sample.cpu_pct:>5.1f} "
+    return (f"{(sample.t_ns - t0_ns) / 1e9:>10.3f} {'host':>4} {cpu} "
             f"{sample.mem_used / MIB:>10.0f} {sample.mem_available / MIB:>11.0f} {load}" + cells)
 
 
@@ -289,7 +292,8 @@ def run_top(interval_s: float = 1.0, count: int | None = None, out: TextIO = sys
             if gpus:
                 _top_gpus(gpu, pid, t0, out, said)
             free = {n.id: n.mem_free for n in nodes(root)}
-            out.write(host_line(host.sample(), {i: free.get(i) for i in node_ids}, t0) + "\n")
+            out.write(host_line(host.sample(), {i: free.get(i) for i in node_ids}, t0,
+                                cpu_known=polls > 0) + "\n")
             out.flush()
             polls += 1
             next_t += interval_s

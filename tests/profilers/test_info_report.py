@@ -145,6 +145,7 @@ def test_run_top_without_a_gpu_streams_the_host_and_succeeds(host_root):
                                 "load1", "n0FreeMiB", "n1FreeMiB"]
     assert len(lines) == 4 and all(line.split()[1] == "host" for line in lines[2:])
     assert lines[3].split()[-2:] == ["512", "512"]  # each node's free memory, MiB
+    assert lines[2].split()[2] == "n/a" and float(lines[3].split()[2]) >= 0  # no cpu% baseline yet
     assert all(len(line) == len(lines[1]) for line in lines[2:])
 
 
