@@ -28,8 +28,8 @@ class Link:
     bandwidth_gbps: the direct link's one-way bandwidth (NVLink links x speed; amdsmi's maximum
     bandwidth), None for host paths and for NVLink whose speed the driver does not report.
     weight: the vendor's distance (amdsmi link weight; NVML topology level); lower is closer.
-    error: one line per failed query about this pair ("link weight: AmdSmiLibraryException:
-    ..."); the figures it would have given stay None.
+    error: the failed queries about this pair, each named ("link weight: AmdSmiLibraryException:
+    ...; bandwidth: ..."); the figures they would have given stay None.
     """
 
     kind: str
@@ -117,7 +117,8 @@ class _Scorer:
         failed = [link for link in links.values() if link.error or link.kind == "unknown"]
         self.lost: set[tuple[int, int]] = set()  # pairs whose score a failed query took
         for p, link in links.items():
-            if link.kind == "unknown" or (link.error is not None and link.bandwidth_gbps is None):
+            if link.kind == "unknown" or (link.bandwidth_gbps is None
+                                          and "bandwidth" in (link.error or "")):
                 self.lost.add(p)
             self.scores[p] = 0.0 if p in self.lost else link.score
         self.hops = {p: link.hops for p, link in links.items()}
@@ -233,10 +234,13 @@ def marked_size(n: int, tp: int | None = None) -> int | None:
     return choices[-1] if choices else (sizes[-1] if sizes else None)
 
 
-def cell_text(link: Link) -> str:
+def cell_text(link: Link, compact: bool = False) -> str:
     """One matrix cell a person can read: NVLink count and bandwidth (NV18 464G), xGMI hops,
     weight and direct bandwidth (1h w15 200G), the PCIe path (PIX, SYS; amdsmi: PCIe 2h w40),
-    "n/a" for a pair that could not be read; "?" for one failed figure of a pair."""
+    "n/a" for a pair that could not be read; "?" for one failed figure of a pair. `compact`
+    (a narrow panel) keeps the link count or hops and the direct GB/s: NV18, 1h200, P2h."""
+    if compact:
+        return _compact_cell(link)
     if link.kind == "self":
         return "X"
     if link.kind == "unknown":
@@ -254,14 +258,30 @@ def cell_text(link: Link) -> str:
     return link.label
 
 
-def legend(matrix: TopologyMatrix) -> str:
-    """What the cells of this matrix mean."""
+def _compact_cell(link: Link) -> str:
+    if link.kind in ("self", "unknown"):
+        return cell_text(link)
+    hops = "?" if link.hops is None else str(link.hops)
+    if link.kind == "nvlink":
+        return f"NV{link.links}"
+    if link.kind == "xgmi":
+        return f"{hops}h" + (f"{link.bandwidth_gbps:.0f}" if link.bandwidth_gbps else "")
+    return f"P{hops}h" if link.hops is not None or link.label == "PCIE" else link.label
+
+
+def legend(matrix: TopologyMatrix, compact: bool = False) -> str:
+    """What the cells of this matrix mean (as cell_text wrote them, compact or not)."""
     kinds = {link.kind for row in matrix.links for link in row}
     parts = []
     if "nvlink" in kinds:
-        parts.append("NVn = n NVLinks, G = their GB/s one way")
+        parts.append("NVn = n NVLinks" + ("" if compact else ", G = their GB/s one way"))
     if "xgmi" in kinds:
-        parts.append("xGMI: h = hops, w = link weight, G = direct-link GB/s one way")
+        parts.append("xGMI: h = hops, then direct-link GB/s one way (weights: llmtop info)"
+                     if compact else
+                     "xGMI: h = hops, w = link weight, G = direct-link GB/s one way")
+    if "pcie" in kinds and compact and any(link.hops is not None for row in matrix.links
+                                           for link in row if link.kind == "pcie"):
+        parts.append("Pnh = PCIe, n hops")
     if "pcie" in kinds:
         parts.append("PCIe: PIX/PXB one switch, PHB host bridge, NODE/SYS across the host")
     if "unknown" in kinds or any(link.error for row in matrix.links for link in row):
@@ -269,14 +289,15 @@ def legend(matrix: TopologyMatrix) -> str:
     return "; ".join(parts)
 
 
-def matrix_rows(matrix: TopologyMatrix, marked: list[int], mark: str = "*") -> list[list[str]]:
+def matrix_rows(matrix: TopologyMatrix, marked: list[int], mark: str = "*",
+                compact: bool = False) -> list[list[str]]:
     """The matrix as rows of cell strings, header row first; the GPUs in `marked` carry
     `mark` on their row and column headers."""
     def head(i: int) -> str:
         return f"GPU{i}{mark if i in marked else ''}"
     rows = [[""] + [head(i) for i in matrix.indices]]
     for i, row in zip(matrix.indices, matrix.links):
-        rows.append([head(i)] + [cell_text(link) for link in row])
+        rows.append([head(i)] + [cell_text(link, compact) for link in row])
     return rows
 
 

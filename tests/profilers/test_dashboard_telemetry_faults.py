@@ -27,10 +27,10 @@ async def until(pilot, condition, what: str, timeout: float = 20.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def run(body, **faults) -> LlmtopApp:
+def run(body, size: tuple[int, int] = (160, 60)) -> LlmtopApp:
     async def main():
         app = LlmtopApp(start_engine=False, telemetry=True, telemetry_hz=20.0)
-        async with app.run_test(size=(160, 60)) as pilot:
+        async with app.run_test(size=size) as pilot:
             await body(app, pilot)
         return app
     return asyncio.run(main())
@@ -141,3 +141,34 @@ def test_numa_panel_names_node_source_verdicts_and_the_fix():
     text = "\n".join(lines)
     assert "fix: taskset -a -c -p 2-3 4242" in text
     assert "GPU2 → node unknown (no vendor or sysfs answer)" in text
+
+
+def test_the_mi250_fabric_is_readable_in_the_gpu_panel(monkeypatch):
+    """Eight dies through the real telemetry worker (fake amdsmi): the matrix fits the panel
+    (compact cells: hops and direct GB/s), the TP=4 set is starred, and its why line says
+    what makes it the choice; a weight that failed makes it say degraded."""
+    from fakes.machines import mi250_gpus, mi250_pairs
+
+    nv = load_fake(monkeypatch, "pynvml")
+    nv.configure([], library_missing=True)
+    fake = load_fake(monkeypatch, "amdsmi")
+    fake.configure(mi250_gpus(fake), mi250_pairs(fake),
+                   faults={("amdsmi_topo_get_link_weight", 5): fake.AmdSmiRetryException()})
+
+    async def body(app, pilot):
+        await pilot.press("g")
+        await until(pilot, lambda: app.telemetry.topology is not None, "the link matrix")
+        app.redraw_all()
+        await pilot.pause()
+        lines = [line.split("│")[-2].rstrip() for line in text_of(app).splitlines()
+                 if line.count("│") >= 2]
+        at = next(k for k, line in enumerate(lines) if line.startswith(" topology (amdsmi)"))
+        header = lines[at + 1].split()
+        assert header == ["GPU0*", "GPU1*", "GPU2", "GPU3", "GPU4", "GPU5", "GPU6*", "GPU7*"]
+        assert lines[at + 2].split() == ["GPU0*", "X", "1h200", "1h50", "2h", "2h", "2h",
+                                         "1h100", "2h"]
+        text = "\n".join(lines)
+        assert "TP=4: GPUs 0,1,6,7: weakest link it must cross 100 GB/s;" in text
+        assert "recommendation degraded: 7 of 28 pairs not fully read" in text
+        assert "bandwidth unknown" not in text  # only weights failed
+    run(body, size=(160, 140))  # eight dies' panels and the matrix, all on screen

@@ -131,10 +131,14 @@ class GpuPanel(Static, Coalesced):
             out.append(f"  (no TP recommendation: {e})\n", style="dim")
         rows = topology.matrix_rows(topo, marked_gpus)
         width = max(len(cell) for row in rows for cell in row) + 1
+        compact = 7 + width * len(topo.indices) > self.size.width - 2  # would wrap: unreadable
+        if compact:
+            rows = topology.matrix_rows(topo, marked_gpus, compact=True)
+            width = max(len(cell) for row in rows for cell in row) + 1
         for row in rows:
             out.append(row[0].ljust(7) + "".join(cell.rjust(width) for cell in row[1:]) + "\n")
         note = f"; * = the recommended TP={marked} set" if marked else ""
-        out.append(f"  {topology.legend(topo)}{note}\n", style="dim")
+        out.append(f"  {topology.legend(topo, compact)}{note}\n", style="dim")
         for rec in recs:  # ◆: the set the engine runs on
             mine = sorted(ranks) == rec.gpus
             out.append(f"{'◆ ' if mine else '  '}{rec.why}\n",
