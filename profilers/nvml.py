@@ -57,6 +57,9 @@ class NvmlBackend:
         except pynvml.NVMLError as exc:
             self.close()
             raise BackendUnavailable(f"NVML: cannot count the GPUs ({error_line(exc)})") from None
+        except Exception:  # detect_backend makes it a reason line; the library is released
+            self.close()
+            raise
         if count == 0:
             self.close()
             raise BackendUnavailable("NVML: driver loaded but no NVIDIA GPU visible")

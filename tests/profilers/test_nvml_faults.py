@@ -139,3 +139,4 @@ def test_an_unforeseen_exception_at_start_is_a_reason_line(monkeypatch):
     assert isinstance(backend, NoGpuBackend)
     assert backend.reasons[0] == ("NVML: could not start (OSError: libnvidia-ml.so.1: cannot "
                                   "read file data)")
+    assert fake._state["initialized"] == 0
