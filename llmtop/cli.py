@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=ATTACH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_attach_options(attach)
 
-    top = sub.add_parser("top", help="GPU telemetry as text lines for scripts (like nvidia-smi dmon)")
+    top = sub.add_parser("top", help="GPU and host telemetry as text lines for scripts (like "
+                                      "nvidia-smi dmon); host lines alone on a machine without a GPU")
     top.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     top.add_argument("--count", type=int, default=None, help="stop after N samples")
     return p

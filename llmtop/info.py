@@ -48,11 +48,15 @@ def _threads(threads: Any, default: int) -> dict[str, Any]:
 
 
 def _telemetry() -> tuple[dict[str, Any] | None, str]:
+    """The profilers' report, read once; whatever goes wrong there is one line, never a
+    traceback, and the rest of `llmtop info` still prints."""
     try:
         from llmtop.profilers import report
-    except ImportError as e:
-        return None, f"telemetry unavailable: {e}"
-    return report.info_dict(), report.info_text()
+
+        info = report.info_dict()
+        return info, report.render_info(info)
+    except Exception as e:  # a vendor library failing in a way no backend foresaw
+        return None, f"telemetry unavailable: {type(e).__name__}: {e}"
 
 
 def render(data: dict[str, Any]) -> str:

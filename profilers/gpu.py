@@ -8,7 +8,7 @@ Linux it is CLOCK_MONOTONIC, system-wide), so a token can be matched to the samp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .topology import TopologyMatrix
 
@@ -26,6 +26,11 @@ class GpuStatic:
     power_cap_w: float | None = None
     sm_clock_max_mhz: int | None = None
     mem_clock_max_mhz: int | None = None
+    # The vendor library's NUMA answer (numa.py falls back to sysfs and names the source):
+    numa_node: int | None = None      # the node the library names, None when it names none
+    numa_source: str | None = None    # which call said so, e.g. "NVML memory affinity"
+    cpu_affinity: list[int] | None = None  # the CPUs the library calls close to the GPU
+    error: str | None = None  # one line: why this GPU cannot be read (its figures are n/a)
 
 
 @dataclass
@@ -58,6 +63,7 @@ class GpuSample:
     link_tx_bps: float | None = None  # NVLink / xGMI
     link_rx_bps: float | None = None
     process_mem: int | None = None  # bytes the watched pid holds on this device
+    error: str | None = None  # one line: why this GPU gave no reading (lost, no permission)
 
 
 class GpuBackend(Protocol):
@@ -108,6 +114,18 @@ class BackendUnavailable(Exception):
     """A backend could not start; the message is the one line shown to the user."""
 
 
+def error_line(exc: BaseException) -> str:
+    """A vendor exception as one line: its class (NVMLError_GpuIsLost, AmdSmiLibraryException)
+    and its text, whose line breaks (amdsmi's "Error code:\\n\\t2 | ...") become spaces."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def mask_members(words: Any) -> list[int]:
+    """The members of a bitmask given as 64-bit words (NVML's and amdsmi's affinity arrays):
+    bit b of word w is member 64 * w + b."""
+    return [64 * w + b for w, word in enumerate(words) for b in range(64) if int(word) >> b & 1]
+
+
 def detect_backend() -> GpuBackend:
     """NVML first, then amdsmi, else NoGpuBackend carrying each one's reason.
 
@@ -124,4 +142,6 @@ def detect_backend() -> GpuBackend:
             return backend_class()
         except BackendUnavailable as exc:
             reasons.append(str(exc))
+        except Exception as exc:  # a vendor call the backend did not expect to fail
+            reasons.append(f"{backend_class.name}: could not start ({error_line(exc)})")
     return NoGpuBackend(reasons=reasons)

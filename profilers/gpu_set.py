@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .gpu import GpuStatic
-from .topology import TopologyMatrix, recommend_tp_set
+from .topology import TopologyMatrix, recommend
 
 
 class GpuSetError(ValueError):
@@ -148,9 +148,11 @@ def choose(tp: int, named: list[int] | None, devices: list[GpuStatic],
         group = usable[:tp]
         return GpuSet(group, [mapping[g] for g in group], "in order",
                       "the first visible GPUs (no link matrix to choose from)")
-    group = recommend_tp_set(_sub_matrix(matrix, usable), tp)
+    rec = recommend(_sub_matrix(matrix, usable), tp)
+    group = rec.gpus
     links = sorted({matrix.link(a, b).label for a in group for b in group if a != b})
-    why = "recommended by the link matrix" + (f" ({'/'.join(links)})" if links else "")
+    why = "recommended by the link matrix" + (f" ({'/'.join(links)})" if links else "") + (
+        f", {rec.degraded}" if rec.degraded else "")
     return GpuSet(group, [mapping[g] for g in group], "recommended", why)
 
 

@@ -1,9 +1,12 @@
-"""NUMA status from procfs and sysfs: balancing, nodes, each GPU's node, the engine's affinity.
+"""NUMA status: balancing, nodes, each GPU's node, where the engine's threads and memory are.
 
-The study found that automatic NUMA balancing hurts GPU inference: its page-fault driven
-migration makes the GPU wait on MMU-notifier invalidations. It also found that a process on the
-far socket from its GPU pays for every host-device copy. Every reader takes `root` so tests can
-point it at a fixture tree of another machine.
+Each GPU's node comes from the vendor library first (NVML's memory affinity or amdsmi's NUMA
+node number, else the node holding the CPUs the library calls close), then from sysfs, and
+each figure names its source: VMs and containers often have no numa_node in sysfs although the
+driver knows. The study found that automatic NUMA balancing hurts GPU inference: its
+page-fault driven migration makes the GPU wait on MMU-notifier invalidations. It also found
+that a process on the far socket from its GPU pays for every host-device copy. Every reader
+takes `root` so tests can point it at a fixture tree of another machine.
 """
 
 from __future__ import annotations
@@ -42,6 +45,24 @@ class NumaStatus:
     pid: int | None = None
     affinity: list[int] | None = None
     local: dict[int, bool | None] = field(default_factory=dict)  # GPU index -> pid is local
+    gpu_node_sources: dict[int, str] = field(default_factory=dict)  # "NVML memory affinity",
+    #   "amdsmi", "NVML CPU affinity", "sysfs" or "unknown"
+    engine_mem: dict[int, int] | None = None  # node -> bytes of the engine's pages there
+
+
+def format_cpulist(cpus: Sequence[int]) -> str:
+    """[0, 1, 2, 3, 8] as the kernel writes it: "0-3,8"."""
+    parts: list[str] = []
+    ordered = sorted(cpus)
+    start = prev = None
+    for cpu in ordered + [None]:
+        if prev is not None and cpu == prev + 1:
+            prev = cpu
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = cpu
+    return ",".join(parts)
 
 
 def parse_cpulist(text: str) -> list[int]:
@@ -113,6 +134,71 @@ def gpu_node(pci_bus_id: str | None, root: str = "/") -> int:
         return -1
 
 
+_LIBRARY = {"nvidia": "NVML", "amd": "amdsmi"}
+
+
+def resolve_gpu_node(gpu: GpuStatic, node_list: Sequence[NumaNode], root: str = "/"
+                     ) -> tuple[int, str]:
+    """(node, source) for one GPU: the vendor's node, else the node holding all the CPUs the
+    vendor calls close, else sysfs; (-1, "unknown") when none of them knows."""
+    if gpu.numa_node is not None:
+        return gpu.numa_node, gpu.numa_source or _LIBRARY.get(gpu.vendor, gpu.vendor)
+    if gpu.cpu_affinity:
+        near = set(gpu.cpu_affinity)
+        holding = [n.id for n in node_list if n.cpus and near <= set(n.cpus)]
+        if len(holding) == 1:
+            return holding[0], f"{_LIBRARY.get(gpu.vendor, gpu.vendor)} CPU affinity"
+    node = gpu_node(gpu.pci_bus_id, root)
+    return (node, "sysfs") if node >= 0 else (-1, "unknown")
+
+
+def engine_memory(pid: int, root: str = "/") -> dict[int, int] | None:
+    """Bytes of the process's pages on each node, from /proc/<pid>/numa_maps (N<node>=<pages>
+    per mapping, in that mapping's kernelpagesize_kB); None where it cannot be read."""
+    text = _read(Path(root, "proc", str(pid), "numa_maps"))
+    if text is None:
+        return None
+    out: dict[int, int] = {}
+    for line in text.splitlines():
+        words = line.split()
+        page = next((int(w.split("=")[1]) * 1024 for w in words
+                     if w.startswith("kernelpagesize_kB=")), 4096)
+        for w in words:
+            if w[:1] == "N" and "=" in w and w[1:].split("=")[0].isdigit():
+                node, pages = w[1:].split("=")
+                out[int(node)] = out.get(int(node), 0) + int(pages) * page
+    return out
+
+
+def memory_local(status: NumaStatus, gpu: int) -> bool | None:
+    """Whether most of the engine's memory is on the GPU's node; None when either is unknown."""
+    node = status.gpu_nodes.get(gpu, -1)
+    if node < 0 or not status.engine_mem:
+        return None
+    return max(status.engine_mem, key=lambda n: status.engine_mem[n]) == node
+
+
+def memory_share(status: NumaStatus, node: int) -> float | None:
+    """The share (0-1) of the engine's memory on `node`."""
+    total = sum((status.engine_mem or {}).values())
+    return status.engine_mem.get(node, 0) / total if total else None
+
+
+def fix_command(status: NumaStatus, gpu: int, command: str = "llmtop") -> str | None:
+    """The one command that puts the engine on GPU `gpu`'s node, or None when nothing is off
+    (or the node is unknown). Memory off: restart under numactl, which binds both threads and
+    allocations; only threads off: taskset moves every thread of the running engine."""
+    node = status.gpu_nodes.get(gpu, -1)
+    if node < 0:
+        return None
+    if memory_local(status, gpu) is False:
+        return f"numactl --cpunodebind={node} --membind={node} {command}"
+    cpus = next((n.cpus for n in status.nodes if n.id == node), [])
+    if status.local.get(gpu) is False and cpus and status.pid is not None:
+        return f"taskset -a -c -p {format_cpulist(cpus)} {status.pid}"
+    return None
+
+
 def is_local(affinity: Sequence[int], node: NumaNode | None) -> bool | None:
     """Whether every CPU the process may run on belongs to the node; None if the node is
     unknown or has no CPUs to be local to."""
@@ -140,9 +226,11 @@ def numa_status(gpus: Sequence[GpuStatic] = (), pid: int | None = None,
     balancing = numa_balancing(root)
     node_list = nodes(root)
     by_id = {n.id: n for n in node_list}
-    gpu_nodes = {g.index: gpu_node(g.pci_bus_id, root) for g in gpus}
+    resolved = {g.index: resolve_gpu_node(g, node_list, root) for g in gpus}
+    gpu_nodes = {i: node for i, (node, _) in resolved.items()}
     affinity = None
     local: dict[int, bool | None] = {}
+    engine_mem = engine_memory(pid, root) if pid is not None else None
     if pid is not None:
         try:
             affinity = sorted(os.sched_getaffinity(pid))
@@ -152,4 +240,5 @@ def numa_status(gpus: Sequence[GpuStatic] = (), pid: int | None = None,
             local = {i: is_local(affinity, by_id.get(n)) for i, n in gpu_nodes.items()}
     return NumaStatus(balancing=balancing, warning=balancing_warning(balancing),
                       nodes=node_list, gpu_nodes=gpu_nodes, pid=pid, affinity=affinity,
-                      local=local)
+                      local=local, engine_mem=engine_mem,
+                      gpu_node_sources={i: source for i, (_, source) in resolved.items()})

@@ -18,10 +18,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .gpu import BackendUnavailable, GpuSample, GpuStatic
+from .gpu import BackendUnavailable, GpuSample, GpuStatic, error_line, mask_members
 from .topology import Link, TopologyMatrix
 
 ENERGY_READ_NS = 1_000_000_000
+NODE_SET_WORDS = 16   # 64-bit words for 1024 NUMA nodes, Linux's largest MAX_NUMNODES
+CPU_SET_WORDS = 128   # for 8192 CPUs, Linux's largest NR_CPUS: ids can exceed the CPU count
 _LEVEL_LABELS = {0: "INT", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
 
 
@@ -48,38 +50,66 @@ class NvmlBackend:
             pynvml.nvmlInit()
         except pynvml.NVMLError as exc:
             raise BackendUnavailable(f"NVML: {exc} ({type(exc).__name__})") from None
-        count = pynvml.nvmlDeviceGetCount()
-        if count == 0:
-            pynvml.nvmlShutdown()
-            raise BackendUnavailable("NVML: driver loaded but no NVIDIA GPU visible")
-        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
         self.errors: dict[tuple[int, str], str] = {}
+        self._failed: dict[int, str] = {}  # GPU index -> why it cannot be read at all
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        except pynvml.NVMLError as exc:
+            self.close()
+            raise BackendUnavailable(f"NVML: cannot count the GPUs ({error_line(exc)})") from None
+        except Exception:  # detect_backend makes it a reason line; the library is released
+            self.close()
+            raise
+        if count == 0:
+            self.close()
+            raise BackendUnavailable("NVML: driver loaded but no NVIDIA GPU visible")
+        self._handles = [self._handle(i) for i in range(count)]
         self._counters: dict[int, tuple[int, list[int | None]]] = {}       # PCIe bytes
         self._link_counters: dict[int, tuple[int, list[int | None]]] = {}  # NVLink bytes
         self._link_rates: dict[int, tuple[float | None, float | None]] = {}
         self._link_polls = -1
-        self._nvlinks = [self._active_links(h) for h in self._handles]
+        self._nvlinks = [self._active_links(i, h) for i, h in enumerate(self._handles)]
         self._static = [self._read_static(i, h) for i, h in enumerate(self._handles)]
+
+    def _handle(self, i: int) -> Any:
+        """GPU i's handle, or None (the GPU then reads n/a with the error, the others run)."""
+        try:
+            return self._nv.nvmlDeviceGetHandleByIndex(i)
+        except self._nv.NVMLError as exc:
+            self._failed[i] = self.errors[i, "handle"] = error_line(exc)
+            return None
 
     def _read(self, index: int, field: str, call: Callable[[], Any]) -> Any:
         """call(), or None when the device can't answer; unexpected errors are kept in
-        self.errors for `llmtop info` instead of being raised from the sampler thread."""
+        self.errors for `llmtop info` instead of being raised from the sampler thread. A GPU
+        that is lost is asked nothing more: each call to it would fail the same way."""
+        if index in self._failed:
+            return None
         try:
             return call()
         except self._nv.NVMLError as exc:
-            if not isinstance(exc, (self._nv.NVMLError_NotSupported,
-                                    self._nv.NVMLError_FunctionNotFound)):
-                self.errors[index, field] = f"{type(exc).__name__}: {exc}"
+            self._note(index, field, exc)
             return None
 
+    def _note(self, index: int, field: str, exc: Exception) -> None:
+        nv = self._nv
+        if isinstance(exc, (nv.NVMLError_NotSupported, nv.NVMLError_FunctionNotFound)):
+            return
+        self.errors[index, field] = error_line(exc)
+        if isinstance(exc, nv.NVMLError_GpuIsLost) and index >= 0:
+            self._failed[index] = error_line(exc)
+
     def _read_static(self, i: int, h: Any) -> GpuStatic:
+        if h is None:
+            return GpuStatic(index=i, name="n/a", vendor="nvidia", error=self._failed[i])
         nv = self._nv
         mem = self._read(i, "memory", lambda: nv.nvmlDeviceGetMemoryInfo(h))
         pci = self._read(i, "pci", lambda: nv.nvmlDeviceGetPciInfo(h))
         cap_mw = self._read(i, "power_cap", lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h))
+        node, cpus = self._numa(i, h)
         return GpuStatic(
             index=i,
-            name=nv.nvmlDeviceGetName(h),
+            name=self._read(i, "name", lambda: nv.nvmlDeviceGetName(h)) or "n/a",
             vendor="nvidia",
             uuid=self._read(i, "uuid", lambda: nv.nvmlDeviceGetUUID(h)),
             pci_bus_id=sysfs_bus_id(pci.busId) if pci is not None else None,
@@ -89,12 +119,31 @@ class NvmlBackend:
                 i, "sm_clock_max", lambda: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM)),
             mem_clock_max_mhz=self._read(
                 i, "mem_clock_max", lambda: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_MEM)),
+            numa_node=node,
+            numa_source="NVML memory affinity" if node is not None else None,
+            cpu_affinity=cpus,
+            error=self._failed.get(i),
         )
 
-    def _active_links(self, h: Any) -> list[tuple[int, str]]:
+    def _numa(self, i: int, h: Any) -> tuple[int | None, list[int] | None]:
+        """The one node NVML's memory affinity names (None when it names none or several, as
+        VMs do) and the CPUs its CPU affinity calls close, which numa.py maps to a node when
+        the memory affinity gives none."""
+        nv = self._nv
+        nodes = self._read(i, "numa", lambda: nv.nvmlDeviceGetMemoryAffinity(
+            h, NODE_SET_WORDS, nv.NVML_AFFINITY_SCOPE_NODE))
+        cpus = self._read(i, "cpu_affinity", lambda: nv.nvmlDeviceGetCpuAffinity(h, CPU_SET_WORDS))
+        members = mask_members(nodes) if nodes is not None else []
+        return (members[0] if len(members) == 1 else None,
+                (mask_members(cpus) or None) if cpus is not None else None)
+
+    def _active_links(self, i: int, h: Any) -> list[tuple[int, str]] | None:
         """(link number, remote PCI bus id) for each active NVLink; [] for PCIe-only GPUs,
         which answer the first query with NotSupported. Links past the device's last one
-        answer InvalidArgument."""
+        answer InvalidArgument. None when the links cannot be known (a GPU without a handle,
+        or a query failing otherwise: the error is kept)."""
+        if h is None or i in self._failed:
+            return None
         nv = self._nv
         active = []
         for link in range(nv.NVML_NVLINK_MAX_LINKS):
@@ -105,6 +154,9 @@ class NvmlBackend:
             except (nv.NVMLError_NotSupported, nv.NVMLError_InvalidArgument,
                     nv.NVMLError_FunctionNotFound):
                 break
+            except nv.NVMLError as exc:
+                self._note(i, "nvlink", exc)
+                return None
             active.append((link, sysfs_bus_id(remote.busId)))
         return active
 
@@ -113,8 +165,9 @@ class NvmlBackend:
 
     def describe(self) -> dict[str, str]:
         nv = self._nv
-        return {"driver": str(self._read(-1, "driver", nv.nvmlSystemGetDriverVersion)),
-                "nvml": str(self._read(-1, "nvml", nv.nvmlSystemGetNVMLVersion))}
+        driver = self._read(-1, "driver", nv.nvmlSystemGetDriverVersion)
+        nvml = self._read(-1, "nvml", nv.nvmlSystemGetNVMLVersion)
+        return {"driver": str(driver) if driver else "n/a", "nvml": str(nvml) if nvml else "n/a"}
 
     def _field_values(self, i: int, h: Any, t_ns: int, read_links: bool) -> dict[str, Any]:
         """Memory temperature and the PCIe byte counters in one driver call, plus this GPU's
@@ -124,7 +177,7 @@ class NvmlBackend:
         ids: list[Any] = [nv.NVML_FI_DEV_MEMORY_TEMP, nv.NVML_FI_DEV_PCIE_COUNT_TX_BYTES,
                           nv.NVML_FI_DEV_PCIE_COUNT_RX_BYTES]
         if read_links:
-            for link, _ in self._nvlinks[i]:
+            for link, _ in self._nvlinks[i] or []:
                 ids += [(nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, link),
                         (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, link)]
         values = self._read(i, "field_values", lambda: nv.nvmlDeviceGetFieldValues(h, ids))
@@ -183,6 +236,9 @@ class NvmlBackend:
         link_turn = self._link_turn()
         for i, h in enumerate(self._handles):
             t_ns = time.perf_counter_ns()
+            if i in self._failed:
+                out.append(GpuSample(t_ns=t_ns, index=i, error=self._failed[i]))
+                continue
             util = self._read(i, "utilization", lambda: nv.nvmlDeviceGetUtilizationRates(h))
             mem = self._read(i, "memory", lambda: nv.nvmlDeviceGetMemoryInfo(h))
             power_mw = self._read(i, "power", lambda: nv.nvmlDeviceGetPowerUsage(h))
@@ -207,6 +263,7 @@ class NvmlBackend:
                 process_mem=self._process_mem(i, h, pid) if pid is not None else None,
                 **self._field_values(i, h, t_ns, read_links=i == link_turn),
             )
+            sample.error = self._failed.get(i)  # lost during this poll
             out.append(sample)
         return out
 
@@ -215,15 +272,15 @@ class NvmlBackend:
 
         A link whose far end is not one of our GPUs goes to an NVSwitch: two GPUs that both
         reach switches talk at the smaller of their switch link counts (what nvidia-smi topo
-        prints as NV18 on an HGX H100).
+        prints as NV18 on an HGX H100). A pair NVML cannot describe (a failed GPU, NVLink
+        state or common ancestor unreadable) is kind "unknown" with the error, never a guess.
         """
-        nv = self._nv
         n = len(self._handles)
-        by_bus = {s.pci_bus_id: s.index for s in self._static}
+        by_bus = {s.pci_bus_id: s.index for s in self._static if s.pci_bus_id}
         direct = [[0] * n for _ in range(n)]
         to_switch = [0] * n
         for i, links in enumerate(self._nvlinks):
-            for _, remote in links:
+            for _, remote in links or []:
                 if remote in by_bus:
                     direct[i][by_bus[remote]] += 1
                 else:
@@ -233,21 +290,36 @@ class NvmlBackend:
         for i in range(n):
             row = []
             for j in range(n):
-                if i == j:
-                    row.append(Link(kind="self", label="X", weight=0))
-                    continue
-                level = self._read(i, "topology", lambda: nv.nvmlDeviceGetTopologyCommonAncestor(
-                    self._handles[i], self._handles[j]))
-                count = direct[i][j] or min(to_switch[i], to_switch[j])
-                if count:
-                    speed = speeds[i] or speeds[j]
-                    row.append(Link(kind="nvlink", label=f"NV{count}", links=count, weight=level,
-                                    bandwidth_gbps=count * speed if speed else None))
-                else:
-                    row.append(Link(kind="pcie", label=_LEVEL_LABELS.get(level, "?"),
-                                    weight=level))
+                row.append(Link(kind="self", label="X", weight=0) if i == j
+                           else self._pair(i, j, direct, to_switch, speeds))
             rows.append(row)
         return TopologyMatrix(source=self.name, indices=list(range(n)), links=rows)
+
+    def _pair(self, i: int, j: int, direct: list[list[int]], to_switch: list[int],
+              speeds: list[float | None]) -> Link:
+        """How GPU i reaches GPU j, from the NVLink census and the PCIe common ancestor."""
+        failed = self._failed.get(i) or self._failed.get(j)
+        if failed:
+            return Link(kind="unknown", label="n/a", error=f"GPU{i if i in self._failed else j}: "
+                                                           f"{failed}")
+        count = direct[i][j] or direct[j][i]
+        unknown = [g for g in (i, j) if self._nvlinks[g] is None]
+        if not count and unknown:
+            g = unknown[0]
+            return Link(kind="unknown", label="n/a",
+                        error=f"GPU{g} NVLink state: {self.errors.get((g, 'nvlink'), 'unknown')}")
+        count = count or min(to_switch[i], to_switch[j])
+        nv = self._nv
+        level = self._read(i, "topology", lambda: nv.nvmlDeviceGetTopologyCommonAncestor(
+            self._handles[i], self._handles[j]))
+        if count:
+            speed = speeds[i] or speeds[j]
+            return Link(kind="nvlink", label=f"NV{count}", links=count, weight=level,
+                        bandwidth_gbps=count * speed if speed else None)
+        if level not in _LEVEL_LABELS:
+            why = self.errors.get((i, "topology"), "not reported by the driver")
+            return Link(kind="unknown", label="n/a", error=f"PCIe common ancestor: {why}")
+        return Link(kind="pcie", label=_LEVEL_LABELS[level], weight=level)
 
     def _nvlink_speed_gbps(self, i: int, h: Any) -> float | None:
         """One active link's one-way speed as the driver reports it (MB/s -> GB/s)."""
@@ -260,7 +332,11 @@ class NvmlBackend:
         return mbps / 1000 if mbps else None
 
     def close(self) -> None:
-        self._nv.nvmlShutdown()
+        """Never raises: a driver that fails to shut down has nothing left to tell the user."""
+        try:
+            self._nv.nvmlShutdown()
+        except self._nv.NVMLError as exc:
+            self.errors[-1, "shutdown"] = error_line(exc)
 
 
 def _field_number(nv: Any, value: Any) -> float | int | None:

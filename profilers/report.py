@@ -16,68 +16,83 @@ from typing import Any, TextIO
 
 import psutil
 
-from .gpu import GpuBackend, GpuSample, NoGpuBackend, detect_backend
-from .numa import numa_status
-from .topology import TopologyMatrix, recommend_tp_set, weakest_link
+from .gpu import GpuBackend, GpuSample, NoGpuBackend, detect_backend, error_line
+from .host import HostMonitor, HostSample
+from .numa import (
+    NumaNode,
+    NumaStatus,
+    fix_command,
+    format_cpulist,
+    memory_local,
+    memory_share,
+    nodes,
+    numa_status,
+)
+from .topology import (
+    TopologyMatrix,
+    legend,
+    link_errors,
+    marked_size,
+    matrix_rows,
+    recommend,
+    tp_sizes,
+)
 
 GIB = 1024**3
 MIB = 1024**2
 NA = "n/a"
 
 
-def format_cpulist(cpus: Sequence[int]) -> str:
-    """[0, 1, 2, 3, 8] as the kernel writes it: "0-3,8"."""
-    parts: list[str] = []
-    ordered = sorted(cpus)
-    start = prev = None
-    for cpu in ordered + [None]:
-        if prev is not None and cpu == prev + 1:
-            prev = cpu
-            continue
-        if start is not None:
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = cpu
-    return ",".join(parts)
-
-
-def _tp_sizes(n: int) -> list[int]:
-    """Tensor-parallel degrees worth proposing: powers of two (head counts divide by them)."""
-    sizes, k = [], 2
-    while k <= n:
-        sizes.append(k)
-        k *= 2
-    return sizes
-
-
-def topology_dict(matrix: TopologyMatrix) -> dict[str, Any]:
-    """The matrix as labels and bandwidths, plus the recommended set for each TP degree."""
-    links = [[dataclasses.asdict(link) for link in row] for row in matrix.links]
+def topology_dict(matrix: TopologyMatrix, tp: int | None = None) -> dict[str, Any]:
+    """The matrix as links, readable rows (the marked TP set starred), the legend, each failed
+    query, and the recommended set with its reason for each TP degree; `tp` is the engine's
+    degree, whose set is the one marked."""
     recommended = {}
-    for k in _tp_sizes(len(matrix.indices)):
-        group = recommend_tp_set(matrix, k)
-        recommended[str(k)] = {"gpus": group, "weakest_link": weakest_link(matrix, group)}
-    return {"source": matrix.source, "indices": matrix.indices, "links": links,
-            "recommended_tp": recommended}
+    for k in tp_sizes(len(matrix.indices)):
+        rec = recommend(matrix, k)
+        recommended[str(k)] = {"gpus": rec.gpus, "weakest_link": rec.weakest_link,
+                               "why": rec.why, "degraded": rec.degraded}
+    marked = marked_size(len(matrix.indices), tp)
+    marked_gpus = recommended[str(marked)]["gpus"] if marked else []
+    return {"source": matrix.source, "indices": matrix.indices,
+            "links": [[dataclasses.asdict(link) for link in row] for row in matrix.links],
+            "recommended_tp": recommended, "marked_tp": marked,
+            "rows": matrix_rows(matrix, marked_gpus), "legend": legend(matrix),
+            "errors": link_errors(matrix)}
+
+
+def _guard(what: str, call: Any, errors: list[str], default: Any) -> Any:
+    """call(), or `default` with one line in `errors`: `llmtop info` never shows a traceback."""
+    try:
+        return call()
+    except Exception as exc:
+        errors.append(f"{what}: {error_line(exc)}")
+        return default
 
 
 def info_dict(backend: GpuBackend | None = None, pid: int | None = None,
               root: str = "/") -> dict[str, Any]:
     """Everything `llmtop info` reports, JSON-ready. Detects (and closes) a backend when none
-    is given; `pid` is the engine process whose NUMA locality to check."""
+    is given; `pid` is the engine process whose NUMA locality to check. The topology is read
+    before the errors are collected, so a failed topology query is listed too."""
     own = backend is None
     gpu = detect_backend() if backend is None else backend
     try:
-        devices = gpu.devices()
+        failures: list[str] = []
+        devices = _guard("devices", gpu.devices, failures, [])
+        versions = _guard("versions", gpu.describe, failures, {})
+        topology = _guard("topology", lambda: topology_dict(gpu.topology()), failures, None)
         numa = numa_status(devices, pid=pid, root=root)
         mem = psutil.virtual_memory()
         return {
             "gpu": {
                 "backend": gpu.name,
-                "versions": gpu.describe(),
+                "versions": versions,
                 "unavailable": gpu.reasons if isinstance(gpu, NoGpuBackend) else [],
                 "devices": [dataclasses.asdict(d) for d in devices],
-                "errors": [f"GPU{i} {field}: {msg}"
-                           for (i, field), msg in sorted(getattr(gpu, "errors", {}).items())],
+                "errors": [f"GPU{i} {field}: {msg}" if i >= 0 else f"{field}: {msg}"
+                           for (i, field), msg in sorted(getattr(gpu, "errors", {}).items())]
+                + failures,
             },
             "host": {
                 "cpus": psutil.cpu_count(logical=True),
@@ -87,7 +102,7 @@ def info_dict(backend: GpuBackend | None = None, pid: int | None = None,
                 "load_avg": list(os.getloadavg()),
             },
             "numa": dataclasses.asdict(numa),
-            "topology": topology_dict(gpu.topology()),
+            "topology": topology or {"source": gpu.name, "indices": [], "links": []},
         }
     finally:
         if own:
@@ -99,41 +114,66 @@ def _gib(value: int | None) -> str:
 
 
 def matrix_text(topo: dict[str, Any]) -> list[str]:
-    """Link labels like nvidia-smi topo -m, then direct-link bandwidth where any is known."""
-    indices = topo["indices"]
-    head = "        " + "".join(f"{'GPU' + str(i):>8}" for i in indices)
-    lines = [head]
-    for i, row in zip(indices, topo["links"]):
-        lines.append(f"  {'GPU' + str(i):<6}" + "".join(f"{link['label']:>8}" for link in row))
-    if any(link["bandwidth_gbps"] for row in topo["links"] for link in row):
-        lines.append("  direct-link bandwidth, GB/s one way:")
-        for i, row in zip(indices, topo["links"]):
-            cells = ("-" if link["bandwidth_gbps"] is None else f"{link['bandwidth_gbps']:g}"
-                     for link in row)
-            lines.append(f"  {'GPU' + str(i):<6}" + "".join(f"{c:>8}" for c in cells))
-    # a link's score is its bandwidth where the driver reports one, else its NVLink count
-    known = any(link["bandwidth_gbps"] for row in topo["links"] for link in row)
-    unit = " GB/s" if known else " NVLinks (no speed reported)"
-    for k, rec in topo["recommended_tp"].items():
-        gpus = ",".join(str(g) for g in rec["gpus"])
-        lines.append(f"  TP={k}: GPUs {gpus} (weakest link it must cross: "
-                     f"{rec['weakest_link']:g}{unit if rec['weakest_link'] else ', host path'})")
+    """The readable matrix (cells as topology.cell_text writes them, the marked TP set
+    starred), its legend, one line per TP degree saying why that set, then each failed
+    query."""
+    rows = topo["rows"]
+    width = max(len(cell) for row in rows for cell in row) + 2
+    lines = ["  " + "".join(f"{cell:>{width}}" if k else f"{cell:<7}" for k, cell in enumerate(row))
+             for row in rows]
+    lines.append(f"  ({topo['legend']}; * = the recommended TP={topo['marked_tp']} set)"
+                 if topo.get("marked_tp") else f"  ({topo['legend']})")
+    lines += [f"  {rec['why']}" for rec in topo["recommended_tp"].values()]
+    degraded = next((rec["degraded"] for rec in topo["recommended_tp"].values()
+                     if rec["degraded"]), None)
+    if degraded:
+        lines.append(f"  recommendation {degraded}")
+    lines += [f"  topology read error: {e}" for e in topo["errors"]]
+    return lines
+
+
+def _placement_lines(numa: dict[str, Any], status: Any) -> list[str]:
+    """Per GPU: its node (and source), whether the engine's threads and memory are on it, and
+    the one command that fixes a mismatch."""
+    lines = []
+    words = {True: "on it", False: "NOT on it", None: "unknown"}
+    for index, local in numa["local"].items():
+        node = numa["gpu_nodes"].get(index, -1)
+        if node < 0:
+            lines.append(f"    GPU{index}: node unknown (no vendor or sysfs answer)")
+            continue
+        share = memory_share(status, node)
+        memory = words[memory_local(status, index)] + (
+            f" ({share:.0%} of its pages on node {node})" if share is not None else "")
+        lines.append(f"    GPU{index} (node {node}): threads {words[local]}, memory {memory}")
+        fix = fix_command(status, index)
+        if fix:
+            lines.append(f"      fix: {fix}")
     return lines
 
 
 def info_text(backend: GpuBackend | None = None, pid: int | None = None,
               root: str = "/") -> str:
     """info_dict() as the text `llmtop info` prints."""
-    info = info_dict(backend, pid=pid, root=root)
+    return render_info(info_dict(backend, pid=pid, root=root))
+
+
+def render_info(info: dict[str, Any]) -> str:
+    """An info_dict() as text (one reading serves both `llmtop info` and `--json`)."""
     gpu, host, numa, topo = info["gpu"], info["host"], info["numa"], info["topology"]
     versions = ", ".join(f"{k} {v}" for k, v in gpu["versions"].items())
     lines = [f"GPU backend: {gpu['backend']}" + (f" ({versions})" if versions else "")]
     lines += [f"  not available: {reason}" for reason in gpu["unavailable"]]
     for d in gpu["devices"]:
+        if d["error"] and d["name"] == NA:
+            lines.append(f"  GPU{d['index']}: n/a ({d['error']})")
+            continue
         node = numa["gpu_nodes"].get(d["index"], -1)
+        source = numa["gpu_node_sources"].get(d["index"], "unknown")
         cap = NA if d["power_cap_w"] is None else f"{d['power_cap_w']:.0f} W"
         lines.append(f"  GPU{d['index']}: {d['name']}, {_gib(d['memory_total'])}, cap {cap}, "
-                     f"bus {d['pci_bus_id'] or NA}, NUMA node {node if node >= 0 else NA}")
+                     f"bus {d['pci_bus_id'] or NA}, NUMA node "
+                     f"{f'{node} ({source})' if node >= 0 else NA}")
     lines += [f"  read error: {e}" for e in gpu["errors"]]
     load = " ".join(f"{x:.2f}" for x in host["load_avg"])
     lines.append(f"Host: {host['cpus']} CPUs (this process may use {host['allowed_cpus']}), "
@@ -150,13 +190,17 @@ def info_text(backend: GpuBackend | None = None, pid: int | None = None,
     if numa["pid"] is not None:
         lines.append(f"  engine pid {numa['pid']}: CPUs "
                      f"{format_cpulist(numa['affinity'] or []) or NA}")
-        for index, local in numa["local"].items():
-            word = {True: "local", False: "NOT local", None: "unknown"}[local]
-            lines.append(f"    to GPU{index}: {word}")
+        lines += _placement_lines(numa, _status_from(numa))
     if topo["indices"]:
         lines.append(f"Topology ({topo['source']}):")
         lines += matrix_text(topo)
     return "\n".join(lines)
+
+
+def _status_from(numa: dict[str, Any]) -> NumaStatus:
+    """The NumaStatus back from its JSON form, for numa.py's verdicts."""
+    fields = dict(numa, nodes=[NumaNode(**n) for n in numa["nodes"]])
+    return NumaStatus(**fields)
 
 
 _TOP_COLUMNS = [  # (header, width, GpuSample field, scale, format)
@@ -195,23 +239,61 @@ def top_lines(samples: Sequence[GpuSample], t0_ns: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def run_top(interval_s: float = 1.0, count: int | None = None, out: TextIO = sys.stdout, *,
-            backend: GpuBackend | None = None, pid: int | None = None) -> int:
-    """Prints samples every interval_s, `count` polls or until interrupted; returns the exit
-    code (1 when no GPU backend loads, after one '#' line saying why)."""
-    own = backend is None
-    gpu = detect_backend() if backend is None else backend
+def host_header(node_ids: Sequence[int]) -> str:
+    """The column line of the host rows `llmtop top` prints each poll (CPU, memory, NUMA)."""
+    return ("#" + f"{'time_s':>9}" + f" {'host':>4} {'cpu%':>5} {'memUsedMiB':>10} "
+            f"{'memAvailMiB':>11} {'load1':>6}"
+            + "".join(f" {f'n{i}FreeMiB':>10}" for i in node_ids))
+
+
+def host_line(sample: HostSample, free: dict[int, int | None], t0_ns: int,
+              cpu_known: bool = True) -> str:
+    """One host row under host_header(); `free` is each NUMA node's free bytes. The first
+    poll has no previous CPU reading to measure against, so its cpu% is n/a (cpu_known)."""
+    load = f"{sample.load_avg[0]:>6.2f}" if sample.load_avg else f"{NA:>6}"
+    cpu = f"{sample.cpu_pct:>5.1f}" if cpu_known else f"{NA:>5}"
+    cells = "".join(f" {NA:>10}" if b is None else f" {b / MIB:>10.0f}" for b in free.values())
+    return (f"{(sample.t_ns - t0_ns) / 1e9:>10.3f} {'host':>4} {cpu} "
+            f"{sample.mem_used / MIB:>10.0f} {sample.mem_available / MIB:>11.0f} {load}" + cells)
+
+
+def _start(backend: GpuBackend | None) -> GpuBackend:
+    """The given backend, else the detected one; a detection that fails is a reason."""
+    if backend is not None:
+        return backend
     try:
-        if isinstance(gpu, NoGpuBackend):
-            out.write(f"# no GPU backend: {'; '.join(gpu.reasons)}\n")
-            out.flush()
-            return 1
-        out.write(top_header() + "\n")
+        return detect_backend()
+    except Exception as exc:
+        return NoGpuBackend(reasons=[f"GPU telemetry: {error_line(exc)}"])
+
+
+def run_top(interval_s: float = 1.0, count: int | None = None, out: TextIO = sys.stdout, *,
+            backend: GpuBackend | None = None, pid: int | None = None, root: str = "/") -> int:
+    """Prints a row per GPU and one host row (CPU, memory, each NUMA node's free memory) every
+    interval_s, `count` polls or until interrupted, and returns 0. Without a GPU backend it
+    says why on one '#' line and streams the host rows, as nvidia-smi dmon keeps going; a
+    GPU's error is one '#' line when it first appears, its row reads n/a."""
+    own = backend is None
+    gpu = _start(backend)
+    try:
+        gpus = not isinstance(gpu, NoGpuBackend)
+        if gpus:
+            out.write(top_header() + "\n")
+        else:
+            out.write(f"# no GPU: {'; '.join(gpu.reasons) or 'none found'}; host rows only\n")
+        node_ids = [n.id for n in nodes(root)]
+        out.write(host_header(node_ids) + "\n")
+        host = HostMonitor(pid)
         t0 = time.perf_counter_ns()
         next_t = time.perf_counter()
         polls = 0
+        said: set[str] = set()
         while count is None or polls < count:
-            out.write(top_lines(gpu.sample(pid), t0_ns=t0) + "\n")
+            if gpus:
+                _top_gpus(gpu, pid, t0, out, said)
+            free = {n.id: n.mem_free for n in nodes(root)}
+            out.write(host_line(host.sample(), {i: free.get(i) for i in node_ids}, t0,
+                                cpu_known=polls > 0) + "\n")
             out.flush()
             polls += 1
             next_t += interval_s
@@ -221,3 +303,20 @@ def run_top(interval_s: float = 1.0, count: int | None = None, out: TextIO = sys
     finally:
         if own:
             gpu.close()
+
+
+def _top_gpus(gpu: GpuBackend, pid: int | None, t0: int, out: TextIO, said: set[str]) -> None:
+    """One poll's GPU rows, each new error once as a '#' line."""
+    try:
+        samples = gpu.sample(pid)
+    except Exception as exc:  # a backend bug or a vendor surprise: this poll has no GPU rows
+        samples = []
+        notes = [f"# GPU poll failed: {error_line(exc)}"]
+    else:
+        notes = [f"# GPU{s.index}: {s.error}" for s in samples if s.error]
+    for note in notes:
+        if note not in said:
+            said.add(note)
+            out.write(note + "\n")
+    if samples:
+        out.write(top_lines(samples, t0_ns=t0) + "\n")

@@ -75,6 +75,9 @@ class Sampler:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closing = False
+        self._closed = False
+        self._close_lock = threading.Lock()
         self.last_error: str | None = None
 
     def watch(self, pid: int | None) -> None:
@@ -121,12 +124,16 @@ class Sampler:
     def _run(self) -> None:
         """Polls on a fixed grid; a late poll skips the missed slots instead of bursting."""
         next_ns = time.perf_counter_ns() + self.period_ns
-        while not self._stop.wait(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9)):
-            self.poll()
-            next_ns += self.period_ns
-            now = time.perf_counter_ns()
-            if next_ns <= now:
-                next_ns += ((now - next_ns) // self.period_ns + 1) * self.period_ns
+        try:
+            while not self._stop.wait(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9)):
+                self.poll()
+                next_ns += self.period_ns
+                now = time.perf_counter_ns()
+                if next_ns <= now:
+                    next_ns += ((now - next_ns) // self.period_ns + 1) * self.period_ns
+        finally:
+            if self._closing:  # close() asked while a poll was running: release it here
+                self._close_backend()
 
     def start(self) -> Sampler:
         """Starts the thread (a daemon: it never holds the process open)."""
@@ -140,6 +147,36 @@ class Sampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def close(self, timeout: float = 0.1) -> bool:
+        """Stops polling and releases the backend without making the caller (the UI thread
+        quitting) wait on the vendor library; returns whether the thread has ended.
+
+        Between polls the thread wakes at once. Inside a slow poll (a lost GPU can block a
+        driver call for seconds) close() returns after `timeout` and the thread closes the
+        backend itself when that poll ends: the library is never shut down under a running
+        call (NVML has crashed the process that way), and the thread is a daemon, so it never
+        holds the process open."""
+        self._closing = True
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(timeout)
+            if thread.is_alive():
+                return False
+        self._close_backend()
+        return True
+
+    def _close_backend(self) -> None:
+        """backend.close() once, whoever gets here first; a failing close is one line kept."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self.backend.close()
+        except Exception as exc:
+            self.last_error = f"close: {type(exc).__name__}: {exc}"
 
     def cost(self) -> PollCost:
         with self._lock:

@@ -360,8 +360,8 @@ class LlmtopApp(App):
         if self.recorder is not None:
             self.recorder.close()
         if self._sampler is not None:
-            self._sampler.stop()
-        if self._backend is not None:
+            self._sampler.close()  # closes the backend, after any running poll, without waiting on it
+        elif self._backend is not None:
             try:
                 self._backend.close()
             except Exception:
@@ -780,6 +780,13 @@ class LlmtopApp(App):
 
     @work(thread=True, group="telemetry")
     def _start_telemetry(self) -> None:
+        try:
+            self._run_telemetry()
+        except Exception as e:  # the dashboard never dies of telemetry: one line, the rest runs
+            self.post_message(TelemetryReady("none", [], [f"GPU telemetry failed: "
+                                                          f"{type(e).__name__}: {e}"], None))
+
+    def _run_telemetry(self) -> None:
         import psutil
 
         from llmtop.profilers.gpu import detect_backend

@@ -8,7 +8,15 @@ and their keys, the string "N/A" where a device lacks a value, and the import it
 FAKE_AMDSMI_NO_ROCM=1 in the environment, importing prints the same two lines to stdout and
 raises KeyError('libamd_smi.so'), as the real package does on a machine without ROCm.
 
-Tests load it as `amdsmi` through fakes.loader and describe the machine with configure().
+Tests load it as `amdsmi` through fakes.loader and describe the machine with configure(); its
+`faults` make any call raise one of the package's own exceptions (AmdSmiLibraryException and
+its Retry/Timeout subclasses, AmdSmiParameterException, AmdSmiKeyException), start-up and
+shutdown included.
+
+Modelled where the package's source does not decide it: a device whose KFD node has no NUMA
+node (numa_node -1, as in many VMs) reads back through the uint32 as 4294967295, and
+amdsmi_get_cpu_affinity_with_scope fails with NOT_INIT unless CPUs are described (the real
+call first asks the CPU socket count, which needs amdsmi_init with AMD CPUs).
 """
 
 from __future__ import annotations
@@ -31,6 +39,11 @@ if os.environ.get("FAKE_AMDSMI_NO_ROCM") == "1":
 AMDSMI_STATUS_SUCCESS = 0
 AMDSMI_STATUS_INVAL = 1
 AMDSMI_STATUS_NOT_SUPPORTED = 2
+AMDSMI_STATUS_NOT_YET_IMPLEMENTED = 3
+AMDSMI_STATUS_TIMEOUT = 8
+AMDSMI_STATUS_RETRY = 9
+AMDSMI_STATUS_NO_PERM = 10
+AMDSMI_STATUS_BUSY = 30
 AMDSMI_STATUS_NOT_INIT = 32
 AMDSMI_STATUS_DRIVER_NOT_LOADED = 34
 
@@ -93,6 +106,11 @@ class AmdSmiMemoryType(IntEnum):
     GTT = 2
 
 
+class AmdSmiAffinityScope(IntEnum):
+    NUMA_SCOPE = 0
+    SOCKET_SCOPE = 1
+
+
 class AmdSmiLinkType(IntEnum):
     AMDSMI_LINK_TYPE_INTERNAL = 0
     AMDSMI_LINK_TYPE_XGMI = 2
@@ -113,6 +131,12 @@ class AmdSmiLibraryException(AmdSmiException):
         self.err_info = {
             AMDSMI_STATUS_INVAL: "AMDSMI_STATUS_INVAL - Invalid parameters",
             AMDSMI_STATUS_NOT_SUPPORTED: "AMDSMI_STATUS_NOT_SUPPORTED - Feature not supported",
+            AMDSMI_STATUS_NOT_YET_IMPLEMENTED:
+                "AMDSMI_STATUS_NOT_YET_IMPLEMENTED - Feature not yet implemented",
+            AMDSMI_STATUS_TIMEOUT: "AMDSMI_STATUS_TIMEOUT - Timeout in API call",
+            AMDSMI_STATUS_RETRY: "AMDSMI_STATUS_RETRY - Retry operation",
+            AMDSMI_STATUS_NO_PERM: "AMDSMI_STATUS_NO_PERM - Permission Denied",
+            AMDSMI_STATUS_BUSY: "AMDSMI_STATUS_BUSY - Device busy",
             AMDSMI_STATUS_NOT_INIT: "AMDSMI_STATUS_NOT_INIT - Device not initialized",
             AMDSMI_STATUS_DRIVER_NOT_LOADED:
                 "AMDSMI_STATUS_DRIVER_NOT_LOADED - Driver not loaded",
@@ -125,12 +149,32 @@ class AmdSmiLibraryException(AmdSmiException):
         return self.err_code
 
 
+class AmdSmiRetryException(AmdSmiLibraryException):
+    def __init__(self):
+        super().__init__(AMDSMI_STATUS_RETRY)
+
+
+class AmdSmiTimeoutException(AmdSmiLibraryException):
+    def __init__(self):
+        super().__init__(AMDSMI_STATUS_TIMEOUT)
+
+
 class AmdSmiParameterException(AmdSmiException):
     def __init__(self, receivedValue, expectedType, msg=None):
         super().__init__(msg)
         self.err_code = None
         self.err_msg = msg or (f"Invalid parameter:\nActual type: {type(receivedValue)}\n"
                                f"Expected type: {expectedType}")
+
+    def __str__(self):
+        return self.err_msg
+
+
+class AmdSmiKeyException(AmdSmiException):
+    def __init__(self, key):
+        super().__init__()
+        self.key = key
+        self.err_msg = "Key " + self.key + " is missing from dictionary"
 
     def __str__(self):
         return self.err_msg
@@ -169,6 +213,10 @@ class FakeAmdGpu:
     xgmi_write_kb: list = field(default_factory=lambda: ["N/A"] * 8)
     processes: dict[int, int] = field(default_factory=dict)  # pid -> VRAM bytes
     unsupported: set[str] = field(default_factory=set)  # function names raising NOT_SUPPORTED
+    numa_node: int | None = None  # None: the KFD knows none (-1)
+    cpus: list[int] | None = None  # the CPUs close to it; None: CPU affinity fails (NOT_INIT)
+    # amdsmi_get_link_metrics: per xGMI link (peer bdf, read KB, write KB); None: NOT_SUPPORTED
+    link_metrics: list[tuple[str, int, int]] | None = None
 
 
 @dataclass
@@ -182,14 +230,29 @@ class FakePair:
     max_bandwidth: int = 0
 
 
-_state: dict = {"gpus": [], "pairs": {}, "init_error": None, "initialized": False}
+_LIB_VERSION = {"major": 25, "minor": 5, "release": 1, "build": "fake"}
+_state: dict = {"gpus": [], "pairs": {}, "init_error": None, "initialized": False, "faults": {},
+                "lib_version": _LIB_VERSION}
 
 
 def configure(gpus: list[FakeAmdGpu], pairs: dict[tuple[int, int], FakePair] | None = None,
-              init_error: int | None = None) -> None:
+              init_error: int | None = None,
+              faults: dict[str | tuple[str, int], AmdSmiException] | None = None,
+              lib_version: dict | None = None) -> None:
     """Describes the machine; pairs[(i, j)] (either order) gives the link, others are PCIe.
-    init_error makes amdsmi_init fail with that status code."""
-    _state.update(gpus=gpus, pairs=dict(pairs or {}), init_error=init_error, initialized=False)
+    init_error makes amdsmi_init fail with that status code. faults maps a function name, or
+    (function name, GPU index), or ("*", GPU index), to the exception the call raises.
+    lib_version replaces what amdsmi_get_lib_version returns."""
+    _state.update(gpus=gpus, pairs=dict(pairs or {}), init_error=init_error, initialized=False,
+                  faults=dict(faults or {}), lib_version=dict(lib_version or _LIB_VERSION))
+
+
+def _fault(function: str, index: int | None = None) -> None:
+    faults = _state["faults"]
+    keys = [function] if index is None else [function, (function, index), ("*", index)]
+    for key in keys:
+        if key in faults:
+            raise faults[key]
 
 
 def _gpu(processor_handle, function: str) -> FakeAmdGpu:
@@ -197,6 +260,7 @@ def _gpu(processor_handle, function: str) -> FakeAmdGpu:
         raise AmdSmiParameterException(processor_handle, amdsmi_processor_handle)
     if not _state["initialized"]:
         raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_INIT)
+    _fault(function, processor_handle.value - 1)
     gpu = _state["gpus"][processor_handle.value - 1]
     if function in gpu.unsupported:
         raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_SUPPORTED)
@@ -218,6 +282,7 @@ def amdsmi_init(flag=AmdSmiInitFlags.INIT_AMD_GPUS):
         raise AmdSmiParameterException(flag, AmdSmiInitFlags)
     if _state["init_error"] is not None:
         raise AmdSmiLibraryException(_state["init_error"])
+    _fault("amdsmi_init")
     _state["initialized"] = True
 
 
@@ -225,19 +290,23 @@ def amdsmi_shut_down():
     if not _state["initialized"]:
         raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_INIT)
     _state["initialized"] = False
+    _fault("amdsmi_shut_down")
 
 
 def amdsmi_get_lib_version():
-    return {"major": 25, "minor": 5, "release": 1, "build": "fake"}
+    _fault("amdsmi_get_lib_version")
+    return dict(_state["lib_version"])
 
 
 def amdsmi_get_rocm_version():
+    _fault("amdsmi_get_rocm_version")
     return (True, "7.0.2")
 
 
 def amdsmi_get_processor_handles():
     if not _state["initialized"]:
         raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_INIT)
+    _fault("amdsmi_get_processor_handles")
     # handle value i + 1: a null c_void_p reads back as None
     return [amdsmi_processor_handle(i + 1) for i in range(len(_state["gpus"]))]
 
@@ -353,3 +422,38 @@ def amdsmi_get_minmax_bandwidth_between_processors(processor_handle_src, process
     if pair.type != AmdSmiLinkType.AMDSMI_LINK_TYPE_XGMI:
         raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_SUPPORTED)
     return {"min_bandwidth": pair.min_bandwidth, "max_bandwidth": pair.max_bandwidth}
+
+
+def amdsmi_topo_get_numa_node_number(processor_handle):
+    gpu = _gpu(processor_handle, "amdsmi_topo_get_numa_node_number")
+    return 0xFFFFFFFF if gpu.numa_node is None else gpu.numa_node
+
+
+def amdsmi_get_cpu_affinity_with_scope(processor_handle, scope):
+    gpu = _gpu(processor_handle, "amdsmi_get_cpu_affinity_with_scope")
+    if not isinstance(scope, AmdSmiAffinityScope):
+        raise AmdSmiParameterException(scope, AmdSmiAffinityScope)
+    if gpu.cpus is None:
+        raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_INIT)
+    cpu_set = (ctypes.c_uint64 * (max(gpu.cpus, default=0) // 64 + 1))()
+    for cpu in gpu.cpus:
+        cpu_set[cpu // 64] |= 1 << (cpu % 64)
+    return cpu_set
+
+
+AMDSMI_MAX_NUM_XGMI_LINKS = 8
+
+
+def amdsmi_get_link_metrics(processor_handle):
+    gpu = _gpu(processor_handle, "amdsmi_get_link_metrics")
+    if gpu.link_metrics is None:
+        raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_SUPPORTED)
+    links = []
+    for i in range(AMDSMI_MAX_NUM_XGMI_LINKS):
+        bdf, read, write = (gpu.link_metrics[i] if i < len(gpu.link_metrics)
+                            else ("0000:00:00.0", 0, 0))
+        links.append({"bdf": bdf, "bit_rate": 25 if i < len(gpu.link_metrics) else 0,
+                      "max_bandwidth": 50 if i < len(gpu.link_metrics) else 0,
+                      "link_type": int(AmdSmiLinkType.AMDSMI_LINK_TYPE_XGMI), "read": read,
+                      "write": write})
+    return {"num_links": len(gpu.link_metrics), "links": links}

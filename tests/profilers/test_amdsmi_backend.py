@@ -136,7 +136,7 @@ def test_unexpected_library_errors_are_kept(monkeypatch):
     monkeypatch.setattr(fake, "amdsmi_get_gpu_activity", fails)
     assert backend.sample()[0].util_pct is None
     assert backend.errors[0, "activity"] == \
-        "Error code: 1 | AMDSMI_STATUS_INVAL - Invalid parameters"
+        "AmdSmiLibraryException: Error code: 1 | AMDSMI_STATUS_INVAL - Invalid parameters"
 
 
 def test_mi250_topology_reads_links_and_the_recommender_uses_them(monkeypatch):

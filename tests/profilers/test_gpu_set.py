@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from fakes.loader import load_fake
+from llmtop.profilers.gpu import GpuStatic
 from llmtop.profilers.gpu_set import GpuSetError, choose, parse_gpus, visible_map
 from llmtop.profilers.nvml import NvmlBackend
 
@@ -100,3 +101,23 @@ def test_parse_gpus():
     for bad in ("", "0,,1", "a,b", "-1", "0;1"):
         with pytest.raises(GpuSetError, match="give GPU numbers"):
             parse_gpus(bad)
+
+
+def test_a_degraded_matrix_says_so_in_the_why():
+    """A link weight that failed to read: the choice uses what is known and the reason the
+    engine records says the recommendation is degraded."""
+    from llmtop.profilers.topology import Link, TopologyMatrix
+
+    def link(a, b):
+        if a == b:
+            return Link("self", "X", weight=0)
+        if {a, b} == {0, 1}:
+            return Link("xgmi", "XGMI", 200.0, hops=1, weight=None,
+                        error="link weight: AmdSmiRetryException: Error code: 9")
+        return Link("xgmi", "XGMI", hops=2, weight=30)
+    matrix = TopologyMatrix("amdsmi", [0, 1, 2], [[link(a, b) for b in range(3)] for a in range(3)])
+    devices = [GpuStatic(index=i, name="g", vendor="amd", uuid=f"u{i}") for i in range(3)]
+    chosen = choose(2, None, devices, matrix, ["u0", "u1", "u2"], None)
+    assert chosen.gpus == [0, 1]
+    assert chosen.why.startswith("recommended by the link matrix (XGMI), degraded: 1 of 3 pairs "
+                                 "not fully read (link weight: AmdSmiRetryException")

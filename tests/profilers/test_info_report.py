@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 
 import pytest
 from fakes.loader import load_fake, use_fake
@@ -72,15 +73,16 @@ def test_info_text_reads_like_a_report(nvidia_pair, host_root):
     lines = text.splitlines()
     assert lines[0] == "GPU backend: NVML (driver 550.54.15, nvml 12.550.54.15)"
     assert ("  GPU1: NVIDIA H100 80GB HBM3, 80.0 GiB, cap 700 W, bus 0000:ca:00.0, "
-            "NUMA node 1") in lines
+            "NUMA node 1 (sysfs)") in lines
     assert "NUMA: balancing 1 (on)" in lines
     assert any("echo 0 > /proc/sys/kernel/numa_balancing" in line for line in lines)
-    assert "    to GPU0: local" in lines and "    to GPU1: NOT local" in lines
+    assert "    GPU0 (node 0): threads on it, memory unknown" in lines
+    assert "    GPU1 (node 1): threads NOT on it, memory unknown" in lines
+    assert f"      fix: taskset -a -c -p 64-127 {os.getpid()}" in lines
     assert "  node 1: CPUs 64-127, 1.0 GiB (0.5 GiB free)" in lines
     assert "Topology (NVML):" in lines
-    assert any(line.split() == ["GPU0", "X", "NV18"] for line in lines)
-    assert any(line.startswith("  TP=2: GPUs 0,1 (weakest link it must cross: 464.058 GB/s")
-               for line in lines)
+    assert any(line.split() == ["GPU0*", "X", "NV18", "464G"] for line in lines)
+    assert "  TP=2: GPUs 0,1: weakest link it must cross 464.058 GB/s" in lines
 
 
 def test_info_on_a_machine_without_gpus(monkeypatch, host_root):
@@ -126,17 +128,25 @@ def test_run_top_prints_count_polls(nvidia_pair):
     out = io.StringIO()
     assert run_top(0.01, 3, out, backend=NvmlBackend()) == 0
     lines = out.getvalue().splitlines()
-    assert lines[0] == top_header()
-    assert len(lines) == 1 + 3 * 2
-    assert [line.split()[1] for line in lines[1:]] == ["0", "1"] * 3
-    assert lines[2].split()[6] == "n/a"  # GPU1's power is not supported
+    assert lines[0] == top_header() and lines[1].startswith("#   time_s host  cpu%")
+    assert len(lines) == 2 + 3 * 3
+    assert [line.split()[1] for line in lines[2:]] == ["0", "1", "host"] * 3
+    assert lines[3].split()[6] == "n/a"  # GPU1's power is not supported
 
 
-def test_run_top_without_a_gpu_says_why_and_fails():
+def test_run_top_without_a_gpu_streams_the_host_and_succeeds(host_root):
+    """Like nvidia-smi dmon: no GPU is one line, then CPU, memory and NUMA rows, exit 0."""
     out = io.StringIO()
     backend = NoGpuBackend(reasons=["NVML: gone", "amdsmi: not installed"])
-    assert run_top(0.01, 1, out, backend=backend) == 1
-    assert out.getvalue() == "# no GPU backend: NVML: gone; amdsmi: not installed\n"
+    assert run_top(0.01, 2, out, backend=backend, root=host_root) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "# no GPU: NVML: gone; amdsmi: not installed; host rows only"
+    assert lines[1].split() == ["#", "time_s", "host", "cpu%", "memUsedMiB", "memAvailMiB",
+                                "load1", "n0FreeMiB", "n1FreeMiB"]
+    assert len(lines) == 4 and all(line.split()[1] == "host" for line in lines[2:])
+    assert lines[3].split()[-2:] == ["512", "512"]  # each node's free memory, MiB
+    assert lines[2].split()[2] == "n/a" and float(lines[3].split()[2]) >= 0  # no cpu% baseline yet
+    assert all(len(line) == len(lines[1]) for line in lines[2:])
 
 
 def test_format_cpulist():
@@ -148,8 +158,30 @@ def test_a_link_count_is_not_printed_as_bandwidth():
     """Seen on 4 x H200 under a VM: NVML gave NV18 links but no link speed."""
     from llmtop.profilers.report import matrix_text
 
-    link = {"kind": "nvlink", "label": "NV18", "bandwidth_gbps": None, "links": 18}
-    me = {"kind": "self", "label": "X", "bandwidth_gbps": None, "links": None}
-    topo = {"indices": [0, 1], "links": [[me, link], [link, me]],
-            "recommended_tp": {"2": {"gpus": [0, 1], "weakest_link": 18.0}}}
-    assert matrix_text(topo)[-1] == "  TP=2: GPUs 0,1 (weakest link it must cross: 18 NVLinks (no speed reported))"
+    from llmtop.profilers.report import topology_dict
+    from llmtop.profilers.topology import Link, TopologyMatrix
+
+    link = Link(kind="nvlink", label="NV18", links=18)
+    me = Link(kind="self", label="X")
+    lines = matrix_text(topology_dict(TopologyMatrix("NVML", [0, 1], [[me, link], [link, me]])))
+    assert lines[-1] == "  TP=2: GPUs 0,1: every pair NV18 (no NVLink speed reported)"
+    assert lines[1].split() == ["GPU0*", "X", "NV18"]
+
+
+def test_the_uneven_mi250_fabric_reads_as_hops_weights_and_why(monkeypatch, host_root):
+    """Every pair of the 8-die box used to read "XGMI", and two-hop pairs sat under "direct-
+    link bandwidth"; now the cells say hops, weight and direct bandwidth, the TP=4 set is
+    starred, and one line per degree says why that set."""
+    fake = load_fake(monkeypatch, "amdsmi")
+    fake.configure(mi250_gpus(fake), mi250_pairs(fake))
+    lines = info_text(AmdSmiBackend(), root=host_root).splitlines()
+    rows = {cells[0]: cells for cells in (re.split(r"\s{2,}", line.strip()) for line in lines)
+            if cells[0].startswith("GPU") and "X" in cells}
+    assert rows["GPU0*"][:4] == ["GPU0*", "X", "1h w15 200G", "1h w15 50G"]
+    assert rows["GPU2"][:5] == ["GPU2", "1h w15 50G", "2h w30", "X", "1h w15 200G"]
+    assert "direct-link bandwidth" not in "\n".join(lines)
+    assert ("  TP=4: GPUs 0,1,6,7: weakest link it must cross 100 GB/s; 3 of 6 pairs one hop, "
+            "the others up to two hops") in lines
+    assert "  TP=2: GPUs 0,1: weakest link it must cross 200 GB/s; every pair one hop" in lines
+    header = next(line for line in lines if line.split()[:1] == ["GPU0*"] and "X" not in line)
+    assert header.split() == ["GPU0*", "GPU1*", "GPU2", "GPU3", "GPU4", "GPU5", "GPU6*", "GPU7*"]

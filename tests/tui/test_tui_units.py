@@ -480,7 +480,7 @@ def test_gpu_panel_marks_the_engines_ranks():
         gpu1 = next(ln for ln in lines if "GPU1 " in ln and "engine rank" in ln)
         gpu0 = next(ln for ln in lines if "GPU0 " in ln and "engine rank" in ln)
         assert "◆ engine rank 0" in gpu1 and "◆ engine rank 1" in gpu0
-        assert any("tp 2: GPUs [0, 1]  ◆ the engine's" in ln for ln in lines)
+        assert any("◆ TP=2: GPUs 0,1: weakest link it must cross 450 GB/s" in ln for ln in lines)
 
     run_app(body)
 

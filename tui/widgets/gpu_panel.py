@@ -1,8 +1,10 @@
 """GPU panel: per GPU utilization, memory, power, temperature and clocks as bars and sparklines.
 
-Several GPUs stack; with several, the link matrix (topology) follows. Figures a device does
-not report read "n/a"; with no GPU backend the panel says which libraries were tried and why
-they did not load.
+Several GPUs stack; with several, the link matrix (topology) follows, as cells a person can
+read (NVLink count and GB/s, xGMI hops, weight and GB/s), the recommended set starred and one
+line per TP degree saying why. Figures a device does not report read "n/a"; a GPU the vendor
+library cannot read says why in one line while the others keep updating; with no GPU backend
+the panel says which libraries were tried and why they did not load.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class GpuPanel(Static, Coalesced):
             if static.index in ranks:
                 out.append(f"  ◆ engine rank {ranks.index(static.index)}", style=f"bold {v['accent']}")
             out.append(f"  {tel.backend}\n", style="dim")
+            error = (s.error if s is not None else None) or static.error
+            if error:
+                out.append(f"  n/a: {error}\n", style=v["error"])
+                continue
             if s is None:
                 out.append("  no sample yet\n", style="dim")
                 continue
@@ -103,23 +109,42 @@ class GpuPanel(Static, Coalesced):
                 out.append("\n")
         topo = tel.topology
         if topo is not None and len(getattr(topo, "indices", [])) > 1:
-            out.append("\ntopology (" + topo.source + ")\n", style=f"bold {v['primary']}")
-            out.append("      " + "".join(f"GPU{i:<4}" for i in topo.indices) + "\n")
-            for i, row in zip(topo.indices, topo.links):
-                out.append(f"GPU{i:<3}" + "".join(f"{link.label:<7}" for link in row) + "\n")
-            try:
-                from llmtop.profilers.topology import recommend_tp_set
-
-                k = 2
-                while k <= len(topo.indices):
-                    group = recommend_tp_set(topo, k)
-                    mark = "  ◆ the engine's" if sorted(ranks) == group else ""
-                    out.append(f"  tp {k}: GPUs {group}{mark}\n", style="dim")
-                    k *= 2
-            except Exception as e:  # the recommender must never take the panel down
-                out.append(f"  (no TP recommendation: {e})\n", style="dim")
+            self._topology(out, topo, model.tp if model is not None else None, ranks, v)
         if tel.cost is not None and tel.cost.polls:
             out.append(f"telemetry poll {tel.cost.mean_ms:.2f} ms CPU mean ({tel.cost.max_ms:.2f} max, "
                        f"{tel.cost.wall_mean_ms:.2f} ms wall)",
                        style="dim")
         update_static(self, out)
+
+    def _topology(self, out: Text, topo, tp: int | None, ranks: list[int], v: dict) -> None:
+        """The link matrix with the marked TP set starred, the legend, why each set, what
+        failed. The recommender must never take the panel down: its failure is one line."""
+        from llmtop.profilers import topology
+
+        out.append("\ntopology (" + topo.source + ")\n", style=f"bold {v['primary']}")
+        try:
+            recs = [topology.recommend(topo, k) for k in topology.tp_sizes(len(topo.indices))]
+            marked = topology.marked_size(len(topo.indices), tp)
+            marked_gpus = next((r.gpus for r in recs if r.k == marked), [])
+        except Exception as e:
+            recs, marked, marked_gpus = [], None, []
+            out.append(f"  (no TP recommendation: {e})\n", style="dim")
+        rows = topology.matrix_rows(topo, marked_gpus)
+        width = max(len(cell) for row in rows for cell in row) + 1
+        compact = 7 + width * len(topo.indices) > self.size.width - 2  # would wrap: unreadable
+        if compact:
+            rows = topology.matrix_rows(topo, marked_gpus, compact=True)
+            width = max(len(cell) for row in rows for cell in row) + 1
+        for row in rows:
+            out.append(row[0].ljust(7) + "".join(cell.rjust(width) for cell in row[1:]) + "\n")
+        note = f"; * = the recommended TP={marked} set" if marked else ""
+        out.append(f"  {topology.legend(topo, compact)}{note}\n", style="dim")
+        for rec in recs:  # ◆: the set the engine runs on
+            mine = sorted(ranks) == rec.gpus
+            out.append(f"{'◆ ' if mine else '  '}{rec.why}\n",
+                       style=f"bold {v['accent']}" if mine else "dim")
+        degraded = next((r.degraded for r in recs if r.degraded), None)
+        if degraded:
+            out.append(f"  recommendation {degraded}\n", style=v["warning"])
+        for line in topology.link_errors(topo):
+            out.append(f"  read error: {line}\n", style=v["error"])

@@ -1,6 +1,12 @@
-"""NUMA panel: balancing (with the fix), nodes, each GPU's node, the engine's affinity, warnings."""
+"""NUMA panel: balancing (with the fix), nodes, and per GPU its node (with the source: NVML,
+amdsmi or sysfs), whether the engine's threads and memory are on it, and the one command that
+fixes a mismatch."""
 
 from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
 
 from rich.text import Text
 from textual.widgets import Static
@@ -13,6 +19,25 @@ def cpulist(cpus) -> str:
     from llmtop.profilers.report import format_cpulist
 
     return format_cpulist(cpus) if cpus else "none"
+
+
+_VERDICT = {True: "✓ on it", False: "✗ off it", None: "? unknown"}
+
+
+def relaunch_command() -> str:
+    """The command line this dashboard was started with, as numactl should rerun it."""
+    argv = sys.argv
+    path = Path(argv[0])
+    if path.name == "llmtop" or (path.name == "__main__.py" and path.parent.name == "llmtop"):
+        return shlex.join(["llmtop", *argv[1:]])
+    return "llmtop"
+
+
+def engine_gpus(app) -> list[int] | None:
+    """The GPUs the engine's ranks run on when known; None: judge every GPU."""
+    model = getattr(app.session, "model", None)
+    ranks = list(getattr(model, "gpus", None) or []) if model is not None else []
+    return ranks or None
 
 
 class NumaPanel(Static, Coalesced):
@@ -46,14 +71,7 @@ class NumaPanel(Static, Coalesced):
             out.append(f"  node{node.id}  cpus {cpulist(node.cpus)}  {mem}\n")
         if st.gpu_nodes:
             out.append("GPUs\n", style="bold")
-            for gpu, node in sorted(st.gpu_nodes.items()):
-                where = f"node {node}" if node >= 0 else "node unknown (single node or VM)"
-                local = st.local.get(gpu)
-                verdict = ("engine local ✓" if local else "engine on the far node ✗" if local is False
-                           else "")
-                style = v["error"] if local is False else ""
-                out.append(f"  GPU{gpu} → {where}  ", style=style)
-                out.append(verdict + "\n", style=v["success"] if local else style)
+            self._gpus(out, st, v)
         else:
             out.append("GPUs       none to place\n", style="dim")
         if st.pid is not None:
@@ -61,9 +79,33 @@ class NumaPanel(Static, Coalesced):
             out.append(f"engine     pid {st.pid} may run on cpus {aff}\n")
         else:
             out.append("engine     not running\n", style="dim")
-        far = [g for g, ok in st.local.items() if ok is False]
-        if far:
-            out.append(f"⚠ the engine runs off the node of GPU {', '.join(map(str, far))}: every "
-                       "host-device copy crosses the socket link; pin it to the GPU's node "
-                       "(numactl --cpunodebind)\n", style=v["warning"])
         update_static(self, out)
+
+    def _gpus(self, out: Text, st, v: dict) -> None:
+        """One line per GPU: node and source; for the engine's GPUs (all, when not known) the
+        threads and memory verdicts and, on a mismatch, the command that fixes it."""
+        from llmtop.profilers.numa import fix_command, memory_local, memory_share
+
+        mine = engine_gpus(self.app)
+        sources = getattr(st, "gpu_node_sources", {}) or {}
+        for gpu, node in sorted(st.gpu_nodes.items()):
+            source = sources.get(gpu)
+            where = (f"node {node}" + (f" ({source})" if source else "") if node >= 0
+                     else "node unknown (no vendor or sysfs answer)")
+            out.append(f"  GPU{gpu} → {where}", style="" if node >= 0 else "dim")
+            if st.pid is None or (mine is not None and gpu not in mine):
+                out.append("\n")
+                continue
+            threads, memory = st.local.get(gpu), memory_local(st, gpu)
+            share = memory_share(st, node) if node >= 0 else None
+            out.append("\n   ")
+            for label, verdict in (("threads", threads), ("memory", memory)):
+                style = v["success"] if verdict else v["error"] if verdict is False else "dim"
+                out.append(f"  {label} ")
+                out.append(_VERDICT[verdict], style=style)
+            if share is not None:
+                out.append(f" ({share:.0%} of its pages)", style="dim")
+            out.append("\n")
+            fix = fix_command(st, gpu, relaunch_command())
+            if fix:
+                out.append(f"    fix: {fix}\n", style=v["warning"])
