@@ -174,7 +174,6 @@ class Sweep:
         self.session = EngineSession(str(out / "engine.log"), stall_s,
                                      on_progress=lambda kind, ev: _on_engine(self.progress, kind, ev))
         self.telemetry = Telemetry(telemetry_on, warn=lambda m: msg(err, m))  # forks: no thread yet
-        self.session.start()
         self.device = plan.device
         self.by_name: dict[str, dict[str, Any]] = {}
 
@@ -189,6 +188,7 @@ class Sweep:
         self.oom_at[series] = min(self.oom_at.get(series, batch), batch)
 
     def run(self) -> None:
+        self.session.start()
         todo, total = self._lay_out()
         self.progress = Progress(sum(self.cost(pt) for pt in todo), len(todo), self.err)
         if self.done:

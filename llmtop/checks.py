@@ -226,3 +226,58 @@ def save_record(record: dict[str, Any], path: str) -> str:
     spare.parent.mkdir(parents=True, exist_ok=True)
     spare.write_text(text)
     return f"llmtop: cannot write {path} ({why}); the record is kept in {spare}"
+
+
+# ---- what a file is -------------------------------------------------------------------------
+
+KIND_WORDS = {"run": "a run record (llmtop run --json)",
+              "bench": "a bench result (bench.json, points.jsonl or a bench folder)",
+              "session": "a dashboard session (the JSONL the dashboard records)"}
+_SCHEMAS = (("llmtop.run/", "run"), ("llmtop.bench/", "bench"), ("llmtop.session/", "session"))
+_BENCH_LINES = ("plan", "meta", "point", "note")   # the record types of a points.jsonl
+
+
+def file_kind(path: str) -> str:
+    """"run", "bench" or "session" for one of llmtop's files, from its first record (a
+    JSONL's first line, or the whole JSON document); "" for anything else."""
+    p = Path(path)
+    if p.is_dir():
+        return "bench" if (p / "points.jsonl").exists() or (p / "bench.json").exists() else ""
+    try:
+        with open(p, "rb") as f:
+            head = f.readline(1 << 20)
+            first = _json(head)
+            if not isinstance(first, dict):
+                first = _json(head + f.read())
+    except OSError:
+        return ""
+    if not isinstance(first, dict):
+        return ""
+    schema = str(first.get("schema", ""))
+    for prefix, kind in _SCHEMAS:
+        if schema.startswith(prefix):
+            return kind
+    return "bench" if first.get("type") in _BENCH_LINES else ""
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except ValueError:
+        return None
+
+
+def replay_file(path: str) -> None:
+    """`llmtop replay` takes a session: a missing file, a folder or another of llmtop's files
+    is named for what it is."""
+    takes = ("replay takes a session file the dashboard recorded (~/.cache/llmtop/sessions/, "
+             "or the dashboard's --record FILE)")
+    p = Path(path)
+    if not p.exists():
+        raise CheckError(f"no such file: {path}; {takes}")
+    if p.is_dir():
+        raise CheckError(f"{path} is a folder; {takes}")
+    kind = file_kind(path)
+    if kind in ("run", "bench"):
+        raise CheckError(f"{path} is {KIND_WORDS[kind]}, not a session; {takes} "
+                         f"(`llmtop compare` reads two {kind} files)")
