@@ -46,11 +46,16 @@ def _prepare(args: argparse.Namespace, err: TextIO) -> tuple[Path, list[dict[str
         raise BenchError(f"{folder} already holds a sweep: add --resume to continue it, "
                          f"or choose another --out")
     if args.resume and not records:
-        where = "does not exist" if not folder.exists() else f"holds no {POINTS_FILE}"
+        where = "does not exist" if not folder.exists() else f"holds no sweep ({POINTS_FILE} is missing or empty)"
         raise BenchError(f"nothing to resume: {folder} {where}; start a sweep there without --resume")
     plan = plan_from_args(args, saved_plan(records) if args.resume else None)
     if args.stall_timeout <= 0:
         raise BenchError("--stall-timeout must be positive")
+    try:   # before anything is measured: a sweep must have somewhere to keep its points
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / POINTS_FILE).open("a").close()
+    except OSError as e:
+        raise BenchError(f"--out {folder}: cannot write there ({e.strerror or e})") from None
     return folder, records, plan
 
 

@@ -100,7 +100,13 @@ def test_resume_on_nothing_is_an_error(tmp_path):
               f"nothing to resume: {tmp_path / 'none'} does not exist")
     (tmp_path / "empty").mkdir()
     _one_line(llmtop("bench", "--out", str(tmp_path / "empty"), "--resume"),
-              f"nothing to resume: {tmp_path / 'empty'} holds no points.jsonl")
+              f"nothing to resume: {tmp_path / 'empty'} holds no sweep (points.jsonl is missing or empty)")
+
+
+def test_bench_out_that_cannot_be_written_is_refused_before_measuring(tmp_path):
+    (tmp_path / "file").write_text("")
+    _one_line(llmtop("bench", "--out", str(tmp_path / "file" / "sweep"), "--model", "synthetic:tiny",
+                     "--device", "cpu"), f"{tmp_path / 'file' / 'sweep'}")
 
 
 @pytest.mark.skipif(not NO_GPU, reason="the CPU default is for machines without a GPU")
@@ -144,3 +150,17 @@ def test_files_are_named_for_what_they_are(tmp_path):
               f"{session} is a dashboard session (the JSONL the dashboard records): compare takes two "
               f"run records")
     assert llmtop("replay", str(session), "--headless", "--speed", "0").returncode == 0
+
+
+def test_info_on_a_device_this_machine_lacks():
+    _one_line(llmtop("info", "--device", "tpu"), "unknown device 'tpu'")
+    if NO_GPU:
+        _one_line(llmtop("info", "--device", "cuda"), "--device cuda: this machine has: cpu")
+
+
+@pytest.mark.parametrize("value, seen", [("", 0), ("0,1", 2), ("1,-1,2", 1), ("GPU-0a1b", 1)])
+def test_visible_devices_restrict_the_gpus_counted(monkeypatch, value, seen):
+    """As the CUDA runtime reads CUDA_VISIBLE_DEVICES: entries up to the first invalid one."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    assert checks._visible(8) == seen
+    assert checks._visible(1) == min(1, seen)
