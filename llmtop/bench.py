@@ -66,13 +66,13 @@ def describe(plan: Plan, device: str) -> str:
     names = ", ".join(c["name"] for c in plan.configs)
     steps = plan.warmup * min(max(plan.new_tokens), plan.warmup_tokens) + plan.repeat * max(plan.new_tokens)
     join = lambda xs: ",".join(map(str, xs))  # noqa: E731
-    more = " (and 16,32 on a GPU, until one runs out of memory)" if plan.batches is None else ""
+    more = " (an out-of-memory batch ends its series)" if plan.batches is None else ""
     return "\n".join([
         f"llmtop bench: plan: {plan.model} ({plan.dtype}) on {device}",
         f"  configurations: {names}" + (" (those this device runs)" if plan.default_configs else ""),
         f"  batch {join(batches)}{more}; prompt {join(plan.prompt_lens)}; new tokens "
         f"{join(plan.new_tokens)}; tp {join(plan.tps)}",
-        f"  {points} points, each {plan.warmup} warm-up + {plan.repeat} measured runs "
+        f"  {'up to ' if plan.default_configs else ''}{points} points, each {plan.warmup} warm-up + {plan.repeat} measured runs "
         f"(up to {steps} decode steps a point); an estimate follows the first point",
     ])
 

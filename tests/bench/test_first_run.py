@@ -125,7 +125,7 @@ def test_plain_bench_prints_its_plan_first_and_picks_the_cpu_default(tmp_path):
     assert lines[0] == "llmtop bench: plan: synthetic:tiny (bf16) on cpu", lines
     assert lines[1] == "  configurations: baseline, sdpa, flash, paged (those this device runs)"
     assert lines[2] == "  batch 1,2,4; prompt 128; new tokens 32; tp 1"
-    assert lines[3].startswith("  12 points, each 1 warm-up + 3 measured runs"), lines
+    assert lines[3].startswith("  up to 12 points, each 1 warm-up + 3 measured runs"), lines
     assert proc.returncode == 130, rest
     assert "Traceback" not in rest
 
