@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmtop.bench_charts import CHARTS, chart_name, groups, png_charts, terminal_charts, title
+from llmtop.bench_plan import BASELINE, SCHEMA, BenchError
+from llmtop.bench_store import iter_points, read_lines
 from llmtop.profilers.report import matrix_text
 
-SCHEMA = "llmtop.bench/1"
 AXES = ("attention", "kv", "compile", "gemm", "dtype", "backend")
-MARKERS = ["*", "x", "+", "o", "#", "@", "%", "&", "$", "="]
 
 CSV_FIELDS = [
     "config", "tp", "prompt_len", "new_tokens", "batch", "status", "repeats", "n_tokens",
@@ -31,6 +32,7 @@ CSV_FIELDS = [
     "prefill_floor_ms", "decode_floor_ms", "prefill_roofline_pct", "decode_roofline_pct",
     "achieved_gb_s", "mean_power_w", "energy_j_per_token", "guard",
     *AXES, "model", "device", "error",
+    "tpot_steady_ms", "stalls", "stall_ms", "guard_check",   # newer engines' records only
 ]
 
 
@@ -39,8 +41,6 @@ CSV_FIELDS = [
 def build_results(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The sweep as one document: machine, versions, GPU, model, configurations, points (with
     every token stamp), speedups over the baseline and % of the roofline."""
-    from llmtop.bench import BASELINE, iter_points
-
     plans = [r for r in records if r.get("type") == "plan"]
     metas = [r for r in records if r.get("type") == "meta"]
     meta = metas[0] if metas else {}
@@ -126,8 +126,6 @@ def _telemetry_totals(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 def load(path: str | Path) -> dict[str, Any]:
     """Bench results from a bench.json, a points.jsonl, or a sweep folder (ValueError if not)."""
-    from llmtop.bench import BenchError, read_lines
-
     path = Path(path)
     if path.is_dir():
         if (path / "points.jsonl").exists():
@@ -160,19 +158,34 @@ def _varying(points: list[dict[str, Any]]) -> list[str]:
     return [k for k in ("tp", "prompt_len", "new_tokens") if len({p[k] for p in points}) > 1]
 
 
-def _row(p: dict[str, Any], varying: list[str]) -> list[str]:
+# figures a newer engine's records carry (absent from older sweeps: their columns are not shown)
+OPTIONAL = (("tpot_steady_ms", "steady TPOT ms"), ("stalls", "stalls"), ("guard_check", "guard"))
+
+
+def _optional(points: list[dict[str, Any]]) -> list[str]:
+    return [k for k, _ in OPTIONAL if any(p.get(k) is not None for p in points if p["status"] == "ok")]
+
+
+def _cell(p: dict[str, Any], key: str) -> str:
+    value = p.get(key)
+    if key == "stalls" and value is not None:
+        return f"{value}" + (f" ({_f(p.get('stall_ms'), '.0f')} ms)" if value else "")
+    return value if isinstance(value, str) else _f(value)
+
+
+def _row(p: dict[str, Any], varying: list[str], optional: list[str] = ()) -> list[str]:
     roof = p.get("roofline") or {}
     cells = [p["config"]] + [str(p[k]) for k in varying] + [str(p["batch"])]
     if p["status"] != "ok":
         status = p["status"].upper()
-        return cells + [status] + ["-"] * 9
+        return cells + [status] + ["-"] * (9 + len(optional))
     return cells + [
         "ok", _f(p.get("ttft_ms")), _f(p.get("tpot_ms")), _f(p.get("tokens_per_s"), ".1f"),
         _f(p.get("ttft_speedup"), ".2f") + ("x" if p.get("ttft_speedup") is not None else ""),
         _f(p.get("tpot_speedup"), ".2f") + ("x" if p.get("tpot_speedup") is not None else ""),
         _f(roof.get("prefill_pct"), ".1f"), _f(roof.get("decode_pct"), ".1f"),
         _f(p.get("mean_power_w"), ".0f"), _f(p.get("energy_j_per_token"), ".3f"),
-    ]
+    ] + [_cell(p, k) for k in optional]
 
 
 _SHORT = {"tp": "tp", "prompt_len": "prompt", "new_tokens": "new"}
@@ -180,37 +193,29 @@ _HEAD = ["status", "TTFT ms", "TPOT ms", "tok/s", "TTFT x", "TPOT x", "prefill %
          "decode %roof", "W", "J/token"]
 
 
-def _header(varying: list[str]) -> list[str]:
-    return ["config"] + [_SHORT[k] for k in varying] + ["batch"] + _HEAD
+def _header(varying: list[str], optional: list[str] = ()) -> list[str]:
+    names = dict(OPTIONAL)
+    return ["config"] + [_SHORT[k] for k in varying] + ["batch"] + _HEAD + [names[k] for k in optional]
 
 
 def table(results: dict[str, Any]) -> str:
     """The points as an aligned terminal table (speedups are over the baseline)."""
     points = results["points"]
-    varying = _varying(points)
-    rows = [_header(varying)] + [_row(p, varying) for p in points]
+    varying, optional = _varying(points), _optional(points)
+    rows = [_header(varying, optional)] + [_row(p, varying, optional) for p in points]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for n, r in enumerate(rows):
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
-    head = _title(results)
+    head = title(results)
     fixed = [f"{_SHORT[k]} {points[0][k]}" for k in ("tp", "prompt_len", "new_tokens")
              if k not in varying] if points else []
     errors = [f"  {p['config']} b={p['batch']}: {p['status']}: {p.get('error')}"
               for p in points if p["status"] != "ok" and p.get("error")]
     return "\n".join([head, "  ".join(fixed) + f"  (x = speedup over {results['baseline']})", *lines,
                       *errors, *[f"note: {n}" for n in results.get("notes", [])]])
-
-
-def _title(results: dict[str, Any]) -> str:
-    model = results.get("model") or {}
-    gpus = results.get("gpus") or []
-    where = gpus[0]["name"] + (f" x{len(gpus)}" if len(gpus) > 1 else "") if gpus else \
-        (results.get("ceilings") or {}).get("device_name") or (results.get("machine") or {}).get("cpu", "?")
-    synth = " (synthetic weights)" if model.get("synthetic") else ""
-    return f"llmtop bench: {model.get('name', '?')}{synth} on {where}"
 
 
 def to_csv(results: dict[str, Any], path: Path) -> None:
@@ -231,107 +236,6 @@ def to_csv(results: dict[str, Any], path: Path) -> None:
                 row[axis] = (p.get("opts") or {}).get(axis)
             w.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v)
                         for k, v in row.items()})
-
-
-def _groups(results: dict[str, Any]) -> list[tuple[tuple, list[dict[str, Any]]]]:
-    """Points per (prompt, new tokens): one pair of charts each. Tensor-parallel sizes share a
-    chart, one line per configuration and size (the study's TP=4 vs TP=8 comparison)."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for p in results["points"]:
-        groups.setdefault((p["prompt_len"], p["new_tokens"]), []).append(p)
-    return sorted(groups.items())
-
-
-def _tp_note(points: list[dict[str, Any]]) -> str:
-    sizes = {p["tp"] for p in points}
-    return f", tp {sizes.pop()}" if len(sizes) == 1 and max(sizes) > 1 else ""
-
-
-def _series(points: list[dict[str, Any]], metric: str) -> dict[str, tuple[list[int], list[float]]]:
-    several_tp = len({p["tp"] for p in points}) > 1
-    out: dict[str, tuple[list[int], list[float]]] = {}
-    for p in points:
-        if p["status"] == "ok" and p.get(metric) is not None:
-            name = f"{p['config']} tp{p['tp']}" if several_tp else p["config"]
-            xs, ys = out.setdefault(name, ([], []))
-            xs.append(p["batch"])
-            ys.append(p[metric])
-    return out
-
-
-CHARTS = (("ttft_ms", "prefill", "Prefill latency (TTFT)"), ("tpot_ms", "decode", "Decode latency (TPOT)"))
-
-
-def _chart_name(kind: str, group: tuple, several: bool) -> str:
-    plen, new = group
-    return f"{kind}_vs_batch" + (f"_p{plen}_n{new}" if several else "") + ".png"
-
-
-def terminal_charts(results: dict[str, Any], width: int = 78, height: int = 18,
-                    color: bool = False) -> list[str]:
-    """The study's two charts per (tp, prompt, new tokens) group, drawn with plotext; [] when
-    plotext is missing or there is nothing to draw."""
-    try:
-        import plotext as plt
-    except ImportError:
-        return []
-    out = []
-    for group, points in _groups(results):
-        plen, new = group
-        for metric, _, title in CHARTS:
-            series = _series(points, metric)
-            if not series:
-                continue
-            plt.clear_figure()
-            plt.plotsize(width, height)
-            for i, (name, (xs, ys)) in enumerate(series.items()):
-                plt.plot(xs, ys, label=name, marker=MARKERS[i % len(MARKERS)] if not color else "braille")
-            batches = sorted({x for xs, _ in series.values() for x in xs})
-            plt.xticks(batches, [str(b) for b in batches])
-            plt.title(f"{title} vs batch, prompt {plen}, {new} new tokens" + _tp_note(points))
-            plt.xlabel("batch size")
-            plt.ylabel("ms")
-            text = plt.build()
-            out.append(text if color else plt.uncolorize(text))
-    plt.clear_figure()
-    return out
-
-
-def png_charts(results: dict[str, Any], folder: Path) -> tuple[list[Path], str | None]:
-    """The two charts per group as PNG files; ([], why) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return [], "PNG charts need matplotlib: pip install 'llmtop[plots]'"
-    groups = _groups(results)
-    paths = []
-    for group, points in groups:
-        plen, new = group
-        for metric, kind, title in CHARTS:
-            series = _series(points, metric)
-            if not series:
-                continue
-            fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-            for i, (name, (xs, ys)) in enumerate(series.items()):
-                ax.plot(xs, ys, marker="os^vD<>phx"[i % 10], label=name)
-            batches = sorted({x for xs, _ in series.values() for x in xs})
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(batches, [str(b) for b in batches])
-            ax.set_xlabel("batch size")
-            ax.set_ylabel(f"{'TTFT' if metric == 'ttft_ms' else 'TPOT'} (ms)")
-            ax.set_title(f"{title} vs batch\n{_title(results)[len('llmtop bench: '):]}, prompt {plen}, "
-                         f"{new} new tokens" + _tp_note(points), fontsize=9)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            path = folder / _chart_name(kind, group, len(groups) > 1)
-            fig.savefig(path)
-            plt.close(fig)
-            paths.append(path)
-    return paths, None
 
 
 def _tp_section(results: dict[str, Any], points: list[dict[str, Any]]) -> list[str]:
@@ -382,7 +286,7 @@ def markdown(results: dict[str, Any], pngs: list[Path], png_note: str | None) ->
     ceil = results.get("ceilings") or {}
     tele = results.get("telemetry") or {}
     points = results["points"]
-    lines = [f"# {_title(results)}", ""]
+    lines = [f"# {title(results)}", ""]
     gpus = results.get("gpus") or []
     lines += [
         f"- date: {results.get('created', '')}",
@@ -424,32 +328,38 @@ def markdown(results: dict[str, Any], pngs: list[Path], png_note: str | None) ->
         lines.append(f"| {c['name']} | {opts} |")
     if results.get("notes"):
         lines += ["", "Not run or worth knowing:", ""] + [f"- {n}" for n in results["notes"]]
-    varying = _varying(points)
-    header = _header(varying)
+    varying, optional = _varying(points), _optional(points)
+    header = _header(varying, optional)
     lines += ["", "## Results", "", "| " + " | ".join(header) + " |",
               "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
     for p in points:
-        lines.append("| " + " | ".join(_row(p, varying)) + " |")
+        lines.append("| " + " | ".join(_row(p, varying, optional)) + " |")
     errors = [p for p in points if p["status"] != "ok" and p.get("error")]
     if errors:
         lines += [""] + [f"- {p['config']} batch {p['batch']}: {p['status'].upper()}: {p['error']}"
                          for p in errors]
     lines += _tp_section(results, points)
+    lines += _chart_section(results, pngs, png_note)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _chart_section(results: dict[str, Any], pngs: list[Path], png_note: str | None) -> list[str]:
+    """Each chart: the PNG (if drawn) and the terminal chart as text."""
+    lines: list[str] = []
     text_charts = terminal_charts(results)
-    groups = _groups(results)
-    several = len(groups) > 1
-    for metric, kind, title in CHARTS:
-        lines += ["", f"## {title} vs batch", ""]
-        for group, _ in groups:
-            name = _chart_name(kind, group, several)
+    sets = groups(results)
+    several = len(sets) > 1
+    for metric, kind, heading in CHARTS:
+        lines += ["", f"## {heading} vs batch", ""]
+        for group, _ in sets:
+            name = chart_name(kind, group, several)
             if any(p.name == name for p in pngs):
-                lines += [f"![{title} vs batch]({name})", ""]
+                lines += [f"![{heading} vs batch]({name})", ""]
         if png_note:
             lines += [f"({png_note})", ""]
-        mine = [c for c in text_charts if title in c]
-        for chart in mine:
+        for chart in (c for c in text_charts if heading in c):
             lines += ["```text", chart.rstrip(), "```", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    return lines
 
 
 def write_all(results: dict[str, Any], folder: str | Path) -> list[Path]:
@@ -469,3 +379,4 @@ def write_all(results: dict[str, Any], folder: str | Path) -> list[Path]:
     mpath.write_text(markdown(results, pngs, note))
     paths.append(mpath)
     return paths
+

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from llmtop import checks
 from llmtop.engine.metrics import first_divergence
 
 RUN_SCHEMA_PREFIX = "llmtop.run/"
@@ -30,6 +31,9 @@ def load_any(path: str) -> tuple[str, dict[str, Any]]:
     p = Path(path)
     if not p.exists():
         raise CompareError(f"{path}: no such file or folder")
+    if checks.file_kind(path) == "session":
+        raise CompareError(f"{path} is {checks.KIND_WORDS['session']}: compare takes two run records "
+                           f"(--json) or two bench results; `llmtop replay` plays a session")
     if p.is_dir() or p.suffix == ".jsonl":
         from llmtop import bench_report
 
@@ -289,9 +293,8 @@ def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None
         print(f"llmtop: {e}", file=err)
         return 2
     if kind_a != kind_b:
-        print(f"llmtop: {args.a} is a {kind_a} {'record' if kind_a == 'run' else 'result'} and "
-              f"{args.b} a {kind_b} {'record' if kind_b == 'run' else 'result'}: compare like with like",
-              file=err)
+        print(f"llmtop: {args.a} is {checks.KIND_WORDS[kind_a]} and {args.b} "
+              f"{checks.KIND_WORDS[kind_b]}: compare like with like", file=err)
         return 2
     result = compare_runs(a, b) if kind_a == "run" else compare_bench(a, b)
     if getattr(args, "json", False):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
-import json
 import queue
 import sys
 import time
 from typing import Any, TextIO
 
+from llmtop import checks
 from llmtop.engine.client import EngineClient
 from llmtop.engine.metrics import BUSY_LOAD
 from llmtop.engine.protocol import ConfigApplied, Error, RunDone, Status, StepProfile, Stop, Token
@@ -148,7 +148,8 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.s
         configure = configure_from_args(args)
         request = generate_from_args(args)
         threads = engine_threads_from_args(args)
-    except UsageError as e:
+        checks.output_file(args.json)
+    except (UsageError, checks.CheckError) as e:
         return _fail(str(e), 2)
     client = EngineClient(threads=threads)
     client.start()
@@ -180,9 +181,7 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.s
         if record.get("step_profile"):
             out.write(profile_table(StepProfile(**record["step_profile"])) + "\n")
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(record, f, indent=1)
-            out.write(f"record written to {args.json}\n")
+            out.write(checks.save_record(record, args.json) + "\n")
         return 0 if not record.get("stopped") else 1
     finally:
         client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 
@@ -90,7 +91,14 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    data = collect(args.device)
+    from llmtop import checks
+
+    try:
+        device = checks.device(args.device)
+    except checks.CheckError as e:
+        print(f"llmtop: {e}", file=sys.stderr)
+        return 2
+    data = collect(device)
     telemetry, text = _telemetry()
     if args.json:
         data["telemetry"] = telemetry

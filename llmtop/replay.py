@@ -12,6 +12,7 @@ import sys
 import time
 from typing import TextIO
 
+from llmtop import checks
 from llmtop.engine.session_log import ReplaySource, SessionDamage
 
 
@@ -22,8 +23,9 @@ def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None
         print("llmtop: --speed must be 0 (no waiting) or more", file=err)
         return 2
     try:
+        checks.replay_file(args.file)
         source = ReplaySource(args.file, args.speed)
-    except SessionDamage as e:
+    except (SessionDamage, checks.CheckError) as e:
         print(f"llmtop: {e}", file=err)
         return 2
     if args.headless:

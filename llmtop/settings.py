@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from llmtop import checks
 from llmtop.engine import catalogue, spec, threads
 from llmtop.profilers import gpu_set
 from llmtop.engine.protocol import Configure, Generate
@@ -23,7 +24,9 @@ def configure_from_args(args: argparse.Namespace) -> Configure:
     try:
         spec.resolve(args.model)
         opts = catalogue.parse_opts(args.opt, args.preset)
-    except (spec.ModelSpecError, catalogue.OptionError) as e:
+        checks.model_file(args.model)
+        checks.device(args.device, args.tp)
+    except (spec.ModelSpecError, catalogue.OptionError, checks.CheckError) as e:
         raise UsageError(str(e)) from None
     opts["dtype"] = args.dtype
     why = catalogue.conflicts(opts)
@@ -51,6 +54,11 @@ def generate_from_args(args: argparse.Namespace, run_id: int = 1) -> Generate:
         raise UsageError("--prompt-len must be at least 1")
     prompt = args.prompt if args.prompt is not None else (
         None if args.prompt_len is not None else DEFAULT_PROMPT)
+    try:
+        checks.sampling(args.temperature, args.top_p, args.top_k)
+        checks.prompt_fits(args.model, args.prompt_len, prompt, args.max_new_tokens)
+    except checks.CheckError as e:
+        raise UsageError(str(e)) from None
     messages = None
     if args.chat and prompt is not None:
         messages, prompt = [{"role": "user", "content": prompt}], None

@@ -225,7 +225,7 @@ def test_existing_sweep_needs_resume_and_damaged_file_is_named(tmp_path, capsys)
 
 
 def test_power_summary_from_sampler_samples():
-    from llmtop.bench import power_summary
+    from llmtop.bench_telemetry import power_summary
     from llmtop.profilers.gpu import GpuSample as S
 
     class FakeSampler:
@@ -243,10 +243,10 @@ def test_power_summary_from_sampler_samples():
 
 
 def test_compile_events_during_measured_runs_are_flagged(sweep, tmp_path):
-    from llmtop import bench, bench_report
+    from llmtop import bench_report, bench_store
 
     out, _ = sweep
-    records, _ = bench.read_lines(out / "points.jsonl")
+    records, _ = bench_store.read_lines(out / "points.jsonl")
     assert all(not r.get("engine_events") for rec in records if rec["type"] == "point" for r in rec["runs"])
     point = next(r for r in records if r["type"] == "point" and r["config"] == "attention=sdpa")
     point["runs"][1]["engine_events"] = [{"kind": "recompile", "detail": "seq len", "t_ns": 1}] * 2

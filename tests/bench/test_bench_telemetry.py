@@ -63,7 +63,8 @@ def test_power_is_charged_to_the_gpus_the_engine_placed_its_ranks_on():
     """The engine's record names its ranks' GPUs as the telemetry numbers them (model.gpus):
     a tp=2 run the engine placed on GPUs 2 and 3 (torch's cuda:0 and cuda:1 under
     CUDA_VISIBLE_DEVICES=2,3) is charged with GPUs 2 and 3, not 0 and 1."""
-    from llmtop.bench import Plan, rank_gpus, telemetry_gpus
+    from llmtop.bench_plan import Plan, rank_gpus
+    from llmtop.bench_telemetry import telemetry_gpus
 
     placed = {"model": {"tp": 2, "devices": ["cuda:0", "cuda:1"], "gpus": [2, 3]}}
     assert telemetry_gpus(placed, "cuda", 2) == [2, 3]

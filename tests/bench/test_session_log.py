@@ -142,4 +142,4 @@ def test_replay_command_plays_up_to_the_damage(session_file, tmp_path):
     assert full.returncode == 0, full.stderr
     assert "TTFT" in full.stdout and "end of session" in full.stdout
     bad = llmtop("replay", str(tmp_path / "missing.jsonl"))
-    assert bad.returncode == 2 and "cannot be read" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "no such file: " in bad.stderr and "0 events" not in bad.stderr and "Traceback" not in bad.stderr
