@@ -54,6 +54,17 @@ case "${1:-}" in
     timeout --signal=INT 560 python3 benchmarks/optimizations.py \
       --configs baseline,sdpa,flash,mem_efficient,cudnn,flex,static,paged,tunableop,compile_layers,compile_full \
       --out "$OUT" 2>&1 | tee "$OUT/optimizations.log" | grep -v '^{' | tail -60 ;;
+  truth)  # issue 15: the default against the baseline from a fresh process each; compile=full
+           # with 256 new tokens from prompts 128 and 2048 and no stall inside a measured run;
+           # the guard's state per configuration; the CUDA tests
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_cuda.py 2>&1 | tail -3
+    for p in default baseline; do
+      flag=""; [ $p = baseline ] && flag="--preset baseline"
+      echo "## $p"; run7b --batch 1 --prompt-len 128 $flag --json "$OUT/run_7b_$p.json" | tail -12
+    done
+    timeout --signal=INT 330 python3 benchmarks/optimizations.py --configs baseline,flash,compile_full \
+      --batch 1 --prompt-len 128,2048 --max-new-tokens 256 --out "$OUT" 2>&1 | grep -v '^{' | tail -12
+    echo "recompiles in engine.log: $(grep -c 'Recompiling' "$LLMTOP_CACHE/engine.log")" ;;
   checks)  # GPU tests, step profiles, NVML while the engine runs, dashboard overhead
     timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_cuda.py 2>&1 \
       | tee "$OUT/gpu_tests.log" | tail -15
@@ -128,6 +139,6 @@ PY
     python3 -X importtime -c "pass" 2>&1 | sort -t'|' -k2 -n | tail -6
     timeout 200 python3 benchmarks/dashboard_overhead.py --model synthetic:tiny --device cuda \
       --max-new-tokens 32 --runs 1 --headless 1 --rounds 3 2>&1 | grep -E "first|OVERHEAD" ;;
-  *) echo "parts: foundation opt-a opt-b opt-c configs checks recheck study overhead tp tp7b tp70b nvmlstress tpcheck firstframe"; exit 2 ;;
+  *) echo "parts: truth foundation opt-a opt-b opt-c configs checks recheck study overhead tp tp7b tp70b nvmlstress tpcheck firstframe"; exit 2 ;;
 esac
 cp "$LLMTOP_CACHE/engine.log" "$OUT/engine.log" 2>/dev/null

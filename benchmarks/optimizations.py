@@ -54,7 +54,9 @@ def run_point(client: EngineClient, batch: int, plen: int, new: int) -> dict:
     if isinstance(ev, Error):
         return {"error": ev.kind, "message": ev.message}
     m = ev.record["metrics"]
+    # stalls: compiles, recompiles, captures or tunings that landed inside the measured run
     return {"ttft_ms": m["ttft_ms"], "tpot_ms": m["tpot_ms"], "itl_p99_ms": m["itl"]["p99"],
+            "tpot_steady_ms": m.get("tpot_steady_ms"), "stalls": m.get("stalls", 0),
             "decode_pct": ev.record["roofline"]["decode_pct"]}
 
 
@@ -90,6 +92,8 @@ def main() -> None:
                 if isinstance(e, ModelInfo):
                     header["model"] = f"{e.name} ({e.params / 1e9:.2f} B params, {e.dtype})"
             guard = f"{ev.status}" + (f" at {ev.diverged_at}" if ev.diverged_at is not None else "")
+            if ev.margin is not None and ev.tolerance is not None:
+                guard += f" (margin {ev.margin:.3g}, tolerance {ev.tolerance:.3g})"
             setup_s = time.perf_counter() - t0
             for batch in batches:
                 for plen in plens:
@@ -119,21 +123,23 @@ def render(results: list[dict], header: dict, args: argparse.Namespace) -> str:
     lines = [f"Model: {header.get('model', args.model)}; device: {header.get('device', args.device)}; "
              f"{args.max_new_tokens} new tokens, greedy; torch {torch.__version__}, "
              f"transformers {transformers.__version__}.", "",
-             "| config | batch | prompt | TTFT ms | TPOT ms | TTFT speedup | TPOT speedup | "
-             "decode % of floor | guard vs baseline |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| config | batch | prompt | TTFT ms | TPOT ms | ITL p99 ms | stalls in run | "
+             "TTFT speedup | TPOT speedup | decode % of floor | guard vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "batch" not in r:
-            lines.append(f"| {r['config']} | - | - | {r.get('error', '')} | | | | | |")
+            lines.append(f"| {r['config']} | - | - | {r.get('error', '')} | | | | | | | |")
             continue
         if "ttft_ms" not in r:
-            lines.append(f"| {r['config']} | {r['batch']} | {r['prompt_len']} | {r['error']} | | | | | |")
+            lines.append(f"| {r['config']} | {r['batch']} | {r['prompt_len']} | {r['error']} | | | | | | | |")
             continue
         b = base.get((r["batch"], r["prompt_len"]))
         s1 = f"{b['ttft_ms'] / r['ttft_ms']:.2f}x" if b else "-"
         s2 = f"{b['tpot_ms'] / r['tpot_ms']:.2f}x" if b else "-"
+        pct = f"{r['decode_pct']:.0f}%" if r["decode_pct"] is not None else "n/a"
         lines.append(f"| {r['config']} | {r['batch']} | {r['prompt_len']} | {r['ttft_ms']:.1f} | "
-                     f"{r['tpot_ms']:.2f} | {s1} | {s2} | {r['decode_pct']:.0f}% | {r['guard']} |")
+                     f"{r['tpot_ms']:.2f} | {r['itl_p99_ms']:.2f} | {r['stalls']} | {s1} | {s2} | "
+                     f"{pct} | {r['guard']} |")
     return "\n".join(lines)
 
 
