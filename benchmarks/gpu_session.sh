@@ -63,7 +63,7 @@ case "${1:-}" in
       echo "## $p"; run7b --batch 1 --prompt-len 128 $flag --json "$OUT/run_7b_$p.json" | tail -12
     done
     n0=$(grep -c 'Recompiling' "$LLMTOP_CACHE/engine.log" 2>/dev/null)
-    timeout --signal=INT 330 python3 benchmarks/optimizations.py --configs baseline,flash,compile_full \
+    TORCH_LOGS=recompiles timeout --signal=INT 330 python3 benchmarks/optimizations.py --configs baseline,flash,compile_full \
       --batch 1 --prompt-len 128,2048 --max-new-tokens 256 --out "$OUT" 2>&1 | grep -v '^{' | tail -12
     echo "dynamo recompiles logged during optimizations.py: $(( $(grep -c 'Recompiling' "$LLMTOP_CACHE/engine.log") - ${n0:-0} ))" ;;
   checks)  # GPU tests, step profiles, NVML while the engine runs, dashboard overhead
