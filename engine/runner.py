@@ -13,9 +13,9 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from llmtop.engine import metrics as run_metrics
-from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, Error, Generate, GuardResult,
-                             ModelInfo, RunDone,
-                             RunStarted, Status, Token)
+from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, Error, ErrorKind,
+                                    Generate, GuardResult, ModelInfo, RunDone, RunStarted, Status,
+                                    Token)
 
 from . import catalogue, ceilings, generate, guard, models, paged, record, threads, tp, watch
 from .step_profile import StepProfiler
@@ -109,7 +109,7 @@ class Engine:
                              torch.cuda.device_count() if torch.cuda.is_available() else 0,
                              threads=torch.get_num_threads(), cpus=threads.usable_cpus(),
                              threads_note=self.thread_plan.reason if self.thread_plan else ""))
-        self.emit(ConfigApplied(asdict(cfg), "loaded" if reload else "in place",
+        self.emit(ConfigApplied(cfg, "loaded" if reload else "in place",
                                 time.perf_counter() - t0))
         phase = "compiling" if opts["compile"] != "off" else "warming"
         if opts["gemm"] == "tunableop" and phase == "warming":
@@ -191,7 +191,7 @@ class Engine:
         return None
 
     def _rank_lost(self, why: str) -> None:
-        self.emit(Error("engine_dead", why, recoverable=True))
+        self.emit(Error(ErrorKind.ENGINE_DEAD, why, recoverable=True))
 
     def close(self) -> None:
         """Ends the tensor-parallel followers, if any (the worker calls this on Shutdown)."""
@@ -233,7 +233,7 @@ class Engine:
 
     def generate(self, req: Generate) -> None:
         if self.loaded is None or self.config is None:
-            self.emit(Error("not_configured", "configure the engine before generating"))
+            self.emit(Error(ErrorKind.NOT_CONFIGURED, "configure the engine before generating"))
             return
         self.ranks.mirror(req)  # followers run the same request, step for step
         self.stop.clear()
@@ -245,7 +245,7 @@ class Engine:
             inputs = generate.prepare(req, tok, mcfg.vocab_size, mcfg.max_position_embeddings,
                                       self.device)
         except ValueError as e:
-            self.emit(Error("bad_request", str(e)))
+            self.emit(Error(ErrorKind.BAD_REQUEST, str(e)))
             return
         self.emit(RunStarted(req.run_id, inputs.prompts, inputs.prompt_tokens, req.batch,
                              req.max_new_tokens, start_ns))
@@ -302,11 +302,11 @@ class Engine:
                 stopped = "stop"
         except torch.OutOfMemoryError:
             stopped = "oom"
-            self.emit(Error("oom", f"out of device memory at batch {req.batch}, prompt "
+            self.emit(Error(ErrorKind.OOM, f"out of device memory at batch {req.batch}, prompt "
                                    f"{inputs.prompt_tokens} tokens, after {len(stamps)} tokens"))
         except RuntimeError as e:
             stopped = "error"
-            self.emit(Error("runtime", _one_line(e)))
+            self.emit(Error(ErrorKind.RUNTIME, _one_line(e)))
         finally:
             if profiler is not None:  # the run ended before the profiled steps did
                 self.emit(profiler.finish())
@@ -319,7 +319,7 @@ class Engine:
             rec = record.build(loaded.info(), asdict(cfg), asdict(req), tokens, m.to_dict(),
                                asdict(self.guard) if self.guard else {}, stopped)
             rec["start_ns"] = start_ns
-            rec["kv_bytes_per_token"] = models.kv_bytes_per_token(model)
+            rec["kv_bytes_per_token"] = rec["model"]["kv_bytes_per_token"]
             rec["ceilings"] = self.ceilings
             if paged_info:
                 rec["paged"] = paged_info

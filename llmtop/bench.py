@@ -648,7 +648,7 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
         first = session.configure(probe)
         if first.error_kind and configs[0]["name"] == BASELINE:
             raise BenchError(f"the baseline configuration does not run: {first.message}")
-        device = (session.applied or {}).get("device", plan.device)
+        device = session.applied.device if session.applied else plan.device
         batches = batches_for(plan, device)
         if plan.default_configs and session.device_info is not None:
             configs, dropped = _runnable(configs, session.device_info.options, plan.dtype)
@@ -745,7 +745,7 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
             point = {**base, "status": status, "runs": runs if status == "ok" else [],
                      "error": error, "unix": time.time()}
             if status == "ok":
-                point["applied"] = session.applied
+                point["applied"] = asdict(session.applied)
                 point["gpus"] = rec["model"].get("gpus") or []
                 point["gpu_choice"] = rec["model"].get("gpu_choice", "")
                 if collectives:

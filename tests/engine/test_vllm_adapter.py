@@ -197,7 +197,7 @@ def test_backend_vllm_behind_the_engine_interface(tmp_path, monkeypatch, engine_
     info = next(e for e in seen if isinstance(e, DeviceInfo))
     assert info.options["backend"]["vllm"]["ok"]
     applied = next(e for e in seen if isinstance(e, ConfigApplied))
-    assert applied.config["opts"]["backend"] == "vllm" and applied.how == "loaded"
+    assert applied.config.opts["backend"] == "vllm" and applied.how == "loaded"
     # the fake's formula is not tiny's random weights: the guard must say where they part
     assert guard.status == "diverged" and guard.diverged_at == 0
     engine.send(Generate(run_id=1, prompt_len=12, batch=3, max_new_tokens=6, ignore_eos=True))

@@ -15,12 +15,13 @@ from llmtop.profilers.host import HostSample
 from llmtop.profilers.numa import NumaNode, NumaStatus
 from llmtop.profilers.sampler import Tick
 from llmtop.profilers.topology import Link, TopologyMatrix
-from llmtop.engine.protocol import (ConfigApplied, DeviceInfo, EngineEvent, ModelInfo, RunDone, RunStarted,
+from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, ModelInfo, RunDone, RunStarted,
                              Status, Token)
 
 MODEL = ModelInfo(name="SmolLM2-135M-Instruct", params=134515008, weight_bytes=269030016, layers=30,
                   heads=9, kv_heads=3, hidden=576, vocab=49152, dtype="bf16", device="cpu",
-                  synthetic=False, source="/cache/smollm2-135m-instruct-bf16")
+                  synthetic=False, source="/cache/smollm2-135m-instruct-bf16",
+                  kv_bytes_per_token=2 * 30 * 3 * 64 * 2)
 
 CPU_OPTIONS = {
     "attention": {"eager": (True, ""), "sdpa": (True, ""),
@@ -58,8 +59,8 @@ def opts(**changes: str) -> dict[str, str]:
     return {**catalogue.DEFAULTS, **changes}
 
 
-def config(o: dict[str, str]) -> dict:
-    return {"model": "embedded", "device": "cpu", "dtype": "bf16", "opts": o, "tp": 1}
+def config(o: dict[str, str]) -> Configure:
+    return Configure("embedded", "cpu", "bf16", o, 1)
 
 
 def _stamps(start_ns: int, lats: list[float]) -> list[int]:

@@ -57,7 +57,7 @@ class OptimizationsPanel(VerticalScroll, Coalesced):
         app = self.app
         v = palette(app)
         table = app.session.device.options if app.session.device else None
-        applied = (app.session.config or {}).get("opts", {})
+        applied = app.session.config.opts if app.session.config else {}
         wanted = app.desired.opts
         for axis, options in AXES.items():
             ol = self.query_one(f"#opt-{axis}", OptionList)
