@@ -249,6 +249,9 @@ class Error:
     message: str
     recoverable: bool = True
 
+    def __post_init__(self) -> None:
+        self.kind = ErrorKind(self.kind)   # Error("oom", ...) is an ErrorKind too; unknown: ValueError
+
 
 COMMANDS = (Configure, Generate, Stop, Shutdown)
 EVENTS = (Status, ModelInfo, DeviceInfo, ConfigApplied, RunStarted, Token, RunDone, EngineEvent, StepProfile, GuardResult,

@@ -50,7 +50,6 @@ from .widgets.tp_control import TpControl, tp_choices
 
 DEFAULT_PROMPT = PROMPT_SET[0]
 # errors after which the loop pauses: running the same request again would fail the same way
-PAUSING_ERRORS = ("oom", "runtime", "bad_request", "internal")
 TABS = ("optimize", "run", "gpu", "host", "numa")
 # Side by side the left column needs ~60 columns (plot axes, readable text) and the right the
 # metrics table's width (label and two value columns with their headers: 64, app.tcss' #right
@@ -542,7 +541,7 @@ class LlmtopApp(App):
             self.busy = False
             self.inflight = None
             self.call_later(self._next)
-        elif ev.kind in PAUSING_ERRORS:
+        elif ev.kind.pausing:
             s.on_run_error(ev.message)
             self.paused = True
             if ev.kind == "internal":

@@ -82,7 +82,7 @@ def run_events(run_id: int, prompt: str, texts: list[str], lats: list[float], st
         rm = m.run_metrics(start_ns, stamps, 1, 5)
         roof = m.roofline(rm, MODEL.weight_bytes, MODEL.params, 23040, DEVICE.mem_bw_gb_s,
                           DEVICE.peak_tflops)
-        record = {"schema": "llmtop.run/1", "model": asdict(MODEL), "config": config(o),
+        record = {"schema": "llmtop.run/1", "model": asdict(MODEL), "config": asdict(config(o)),
                   "tokens": [[{"index": i, "id": ids[i], "text": x, "t_ns": t}
                               for i, (x, t) in enumerate(zip(texts, stamps))]],
                   "metrics": rm.to_dict(), "roofline": asdict(roof),
