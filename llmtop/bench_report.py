@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmtop.engine import catalogue
 from llmtop.profilers.report import matrix_text
 
 SCHEMA = "llmtop.bench/1"
-AXES = ("attention", "kv", "compile", "gemm", "dtype", "backend")
+AXES = tuple(catalogue.AXES)
 MARKERS = ["*", "x", "+", "o", "#", "@", "%", "&", "$", "="]
 
 CSV_FIELDS = [

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from llmtop.engine import catalogue
 from llmtop.engine import metrics as m
 from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, ModelInfo, RunDone, RunStarted,
                              Status, Token)
@@ -25,7 +26,7 @@ PROMPT_SET: tuple[str, ...] = (
 )
 
 # axis order of the badges and the configuration labels
-AXIS_ORDER = ("attention", "kv", "compile", "gemm", "dtype", "backend")
+AXIS_ORDER = tuple(catalogue.AXES)
 
 # a token slower than this many times the run's median step stands out
 SLOW_RATIO = 1.3

@@ -19,6 +19,14 @@ Emit = Callable[[Any], None]
 
 class Backend(abc.ABC):
     name: ClassVar[str]   # the option of the `backend` axis: hf | vllm | native
+    # True: the backend runs its own tensor parallelism in one engine process (vLLM), so the
+    # runner loads one unsharded copy and starts no follower ranks
+    own_tensor_parallel: ClassVar[bool] = False
+
+    def __init__(self, loaded: Any, opts: dict[str, str], emit: Emit, tp: int = 1) -> None:
+        """How the runner builds every backend, for one configuration (`opts`, the full axis
+        map) of a loaded model (engine/models.Loaded) with `tp` ranks: anything slow (compile,
+        capture, starting another engine) happens here, at configure time."""
 
     @abc.abstractmethod
     def generate_steps(self, inputs: Inputs, max_new_tokens: int, sampling: Sampling,
