@@ -50,14 +50,23 @@ class RunMetrics:
     tokens_per_s: float      # generated tokens of the whole batch / e2e
     decode_tokens_per_s: float  # batch / TPOT: the steady-state rate
     prefill_tokens_per_s: float  # batch x prompt tokens / TTFT
+    # the decode gaps that overlap no marked stall (compile, capture, ...): TPOT without them
+    tpot_steady_ms: float = math.nan
+    stalls: int = 0          # marked stalls inside the run
+    stall_ms: float = 0.0    # their total duration
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def run_metrics(start_ns: int, stamps_ns: Sequence[int], batch: int = 1,
-                prompt_tokens: int = 0) -> RunMetrics:
-    """Metrics of one run from its request start and per-step stamps (perf_counter_ns)."""
+                prompt_tokens: int = 0,
+                stalls: Sequence[tuple[int, int]] = ()) -> RunMetrics:
+    """Metrics of one run from its request start and per-step stamps (perf_counter_ns).
+
+    `stalls`: (start_ns, end_ns) of marked stalls (EngineEvent t_ns, t_ns + duration); those
+    inside the run are counted, and the decode gaps they overlap are left out of tpot_steady_ms.
+    """
     if not stamps_ns:
         raise ValueError("a run with no tokens has no latency metrics")
     n = len(stamps_ns)
@@ -65,6 +74,9 @@ def run_metrics(start_ns: int, stamps_ns: Sequence[int], batch: int = 1,
     e2e = (stamps_ns[-1] - start_ns) / 1e6
     tpot = (stamps_ns[-1] - stamps_ns[0]) / 1e6 / (n - 1) if n > 1 else 0.0
     itl = [(b - a) / 1e6 for a, b in zip(stamps_ns, stamps_ns[1:])]
+    inside = [(a, b) for a, b in stalls if b > start_ns and a < stamps_ns[-1]]
+    steady = [(b - a) / 1e6 for a, b in zip(stamps_ns, stamps_ns[1:])
+              if not any(s < b and e > a for s, e in inside)]
     return RunMetrics(
         n_tokens=n,
         batch=batch,
@@ -77,6 +89,9 @@ def run_metrics(start_ns: int, stamps_ns: Sequence[int], batch: int = 1,
         tokens_per_s=batch * n / (e2e / 1e3) if e2e > 0 else math.nan,
         decode_tokens_per_s=batch / (tpot / 1e3) if tpot > 0 else math.nan,
         prefill_tokens_per_s=batch * prompt_tokens / (ttft / 1e3) if ttft > 0 else math.nan,
+        tpot_steady_ms=sum(steady) / len(steady) if steady else math.nan,
+        stalls=len(inside),
+        stall_ms=sum((e - s) / 1e6 for s, e in inside),
     )
 
 

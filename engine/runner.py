@@ -16,9 +16,9 @@ from typing import Any, Callable
 import torch
 
 from llmtop.engine import metrics as run_metrics
-from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, Error, ErrorKind,
-                                    Generate, GuardResult, ModelInfo, RunDone, RunStarted, Status,
-                                    Token)
+from llmtop.engine.protocol import (STALLS, ConfigApplied, Configure, DeviceInfo, EngineEvent,
+                                    Error, ErrorKind, Generate, GuardResult, ModelInfo, RunDone,
+                                    RunStarted, Status, Token)
 
 from . import catalogue, ceilings, generate, guard, models, record, threads, tp, watch
 from .backends import Backend, backend_class
@@ -35,7 +35,8 @@ BASELINE_OPTS = {**catalogue.DEFAULTS, "attention": "eager", "kv": "dynamic", "c
 class Engine:
     def __init__(self, emit: Emit, stop: threading.Event, ranks: tp.Ranks | None = None,
                  thread_plan: threads.ThreadPlan | None = None) -> None:
-        self.emit = emit
+        self.send = emit
+        self.stalls: list[tuple[int, int]] = []   # (start, end) ns of timed stalls, all runs
         self.thread_plan = thread_plan
         self.stop = stop
         # tensor parallelism (engine/tp.py): rank 0 mirrors every Configure / Generate to its
@@ -49,7 +50,15 @@ class Engine:
         self.backend: Backend | None = None   # what runs the current configuration
         self.placement: tp.Placement | None = None   # every rank's device, from rank 0
         self.device = "cpu"        # this rank's own device (cuda:K of its placement)
-        watch.install(emit)
+        watch.install(self.emit)
+
+    def emit(self, event: Any) -> None:
+        """Sends an event; a timed stall (compile, capture, ...) is also kept for the metrics."""
+        if (isinstance(event, EngineEvent) and event.kind in STALLS
+                and event.duration_ms is not None):
+            self.stalls.append((event.t_ns, event.t_ns + int(event.duration_ms * 1e6)))
+            del self.stalls[:-256]
+        self.send(event)
 
     # ---- configuration ------------------------------------------------------------------
 
@@ -216,13 +225,18 @@ class Engine:
         self.stop.clear()
         loaded = self.loaded
         mcfg = loaded.model.config
-        start_ns = time.perf_counter_ns()
+        t0 = time.perf_counter_ns()
         try:
             inputs = generate.prepare(req, loaded.tokenizer, mcfg.vocab_size,
                                       mcfg.max_position_embeddings, self.device)
         except ValueError as e:
             self.emit(Error(ErrorKind.BAD_REQUEST, str(e)))
             return
+        prepared_ns = time.perf_counter_ns() - t0
+        with self._heartbeat("compiling", "graphs for this run's shapes"):
+            self.backend.warm(req.batch, inputs.prompt_tokens, req.max_new_tokens)
+        # the request starts with its tokenization; a warm-up of new graphs is not part of it
+        start_ns = time.perf_counter_ns() - prepared_ns
         self.emit(RunStarted(req.run_id, inputs.prompts, inputs.prompt_tokens, req.batch,
                              req.max_new_tokens, start_ns))
         self.emit(Status("generating", f"run {req.run_id}"))
@@ -292,7 +306,8 @@ class Engine:
                 ) -> dict[str, Any]:
         """The run's versioned JSON record (engine/record.py), with its metrics and roofline."""
         cfg = self.config
-        m = run_metrics.run_metrics(start_ns, stamps, req.batch, prompt_tokens)
+        m = run_metrics.run_metrics(start_ns, stamps, req.batch, prompt_tokens,
+                                    stalls=[s for s in self.stalls if s[1] > start_ns])
         rec = record.build(self.loaded.info(), asdict(cfg), asdict(req), tokens, m.to_dict(),
                            asdict(self.guard) if self.guard else {}, stopped)
         rec["start_ns"] = start_ns

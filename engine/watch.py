@@ -81,7 +81,7 @@ class GraphWatch:
         what = "compiled and warmed up" if n == 0 else "CUDA graph recorded"
         self.emit(EngineEvent("compile" if n == 0 else "capture",
                               f"decode step, batch {key[0]}, cache {key[1]}: {what} in {ms:.0f} ms",
-                              t0))
+                              t0, duration_ms=ms))
         return out
 
 

@@ -37,6 +37,8 @@ def metrics_table(record: dict[str, Any]) -> str:
         f"TTFT      {m['ttft_ms']:10.2f} ms   prefill {m['prefill_tokens_per_s']:,.0f} tok/s "
         f"({m['prompt_tokens']} prompt tokens x batch {batch})",
         f"TPOT      {m['tpot_ms']:10.2f} ms   decode {m['decode_tokens_per_s']:,.1f} tok/s",
+        *([f"stalls    {m['stalls']} marked inside the run ({m['stall_ms']:.0f} ms): steady TPOT "
+           f"{m['tpot_steady_ms']:.2f} ms without them"] if m.get("stalls") else []),
         f"ITL       mean {m['itl']['mean']:.2f}  p50 {m['itl']['p50']:.2f}  "
         f"p90 {m['itl']['p90']:.2f}  p99 {m['itl']['p99']:.2f} ms",
         f"latency   {m['e2e_ms']:10.2f} ms   = TTFT + TPOT x {n - 1}",

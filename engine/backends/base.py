@@ -40,6 +40,10 @@ class Backend(abc.ABC):
         """Greedy ids of the guard's check prompt, with each step's last-position logits
         (float32, on the host) where the backend has them."""
 
+    def warm(self, batch: int, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Compiles or captures whatever a run of this shape needs and has not met yet, before
+        the runner starts its clock: nothing compiles inside a measured run."""
+
     def apply(self, opts: dict[str, str]) -> None:
         """Options that change in place (no rebuild); the optimization units say which."""
 

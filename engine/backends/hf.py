@@ -33,6 +33,7 @@ class HfBackend(Backend):
         self.model = loaded.model
         self.emit = emit
         self.decoder: Any = None   # the compiled decode step (compile=full), else None
+        self.warmed: set[tuple[int, int]] = set()   # (batch, static length) graphs built
         self.opts: dict[str, str] = {}
         self.apply(opts)
         if opts.get("compile", "off") != "off":
@@ -71,6 +72,21 @@ class HfBackend(Backend):
             return 0
         bucket = -(-length // STATIC_BUCKET) * STATIC_BUCKET
         return min(bucket, self.model.config.max_position_embeddings)
+
+    def warm(self, batch: int, prompt_tokens: int, max_new_tokens: int) -> None:
+        """compile=full: the decode graphs of this batch size and static-cache length, compiled
+        and captured on a throwaway one-token prompt (GraphWatch marks each with its duration).
+        A run's static length covers its prompt and new tokens, so it never crosses into
+        another bucket while measured."""
+        static_len = self.static_len(prompt_tokens + max_new_tokens)
+        if self.decoder is None or (batch, static_len) in self.warmed:
+            return
+        ids = torch.ones(batch, 1, dtype=torch.long, device=self.loaded.device)
+        dummy = Inputs(ids, torch.ones_like(ids), [], 1)
+        for _ in generate.run(self.model, dummy, 3, Sampling(), self._cache(static_len), set(),
+                              True, lambda: False, static_len, self.decoder):
+            pass   # two decode calls: compile (and warm up), then capture
+        self.warmed.add((batch, static_len))
 
     def _cache(self, static_len: int) -> Any:
         cfg = self.model.config
