@@ -67,8 +67,8 @@ class Engine:
 
         In place: attention implementation, SDPA backend, cache type, TunableOp (~ms).
         Reload: model, device, tp, and the axes whose unit says so (compile, dtype, backend:
-        engine/optimizations/). Then the correctness guard runs, which for a
-        compiled configuration is also its warm-up, reported as the compiling phase.
+        engine/optimizations/). Then the correctness guard runs, which for a compiled
+        configuration is also its warm-up, reported as the compiling phase.
         """
         t0 = time.perf_counter()
         if cfg.device == "auto":
@@ -90,6 +90,7 @@ class Engine:
                   self.placement.devices != placement.devices or
                   any(old.opts.get(a) != opts[a] for a in catalogue.RELOAD))
         if reload:
+            self.config = None   # what ran is gone; nothing runs until this one is set up
             self._load(spec, cfg, placement, cls.own_tensor_parallel)
         else:
             self.ranks.mirror(cfg)  # followers run this same configure, in lockstep
