@@ -248,13 +248,13 @@ class Engine:
         steps = self.backend.generate_steps(inputs, req.max_new_tokens, sampling,
                                             _eos_ids(loaded.model, loaded.tokenizer),
                                             req.ignore_eos, self.ranks.agree(self.stop.is_set))
-        tokens, stamps, stopped = self._stream(req, steps, inputs.prompt_tokens)
+        tokens, stamps, stopped = self._stream(req, steps, inputs.prompt_tokens, start_ns)
         if stamps and self.ranks.rank == 0:
             self.emit(RunDone(req.run_id, self._record(req, start_ns, inputs.prompt_tokens,
                                                        tokens, stamps, stopped)))
         self.emit(Status("ready", "error" if stopped in ("oom", "error") else ""))
 
-    def _stream(self, req: Generate, steps: Any, prompt_tokens: int
+    def _stream(self, req: Generate, steps: Any, prompt_tokens: int, start_ns: int
                 ) -> tuple[list[list[dict[str, Any]]], list[int], str]:
         """Sends each step as a Token; returns every request's tokens, the stamps, and why
         the run stopped early ("" when it did not)."""
@@ -277,7 +277,8 @@ class Engine:
                                           "t_ns": step.t_ns})
                 self.emit(Token(req.run_id, step.index, step.ids, texts, step.t_ns))
                 if tuning is not None:
-                    tuning.check(f"by token {step.index}")
+                    tuning.check(f"by token {step.index}",
+                                 stamps[-2] if len(stamps) > 1 else start_ns)
                 if profiler is not None and profiler.tick():
                     self.emit(profiler.finish())
                     profiler = None
