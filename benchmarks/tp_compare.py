@@ -147,7 +147,7 @@ def main() -> None:
                     ranks = list(e.gpus)
                     header["ranks"][str(tp)] = {"gpus": ranks, "devices": e.devices,
                                                 "why": e.gpu_choice}
-            applied = {"tp": tp, "gpus": want.gpus, "device": want.device}
+            applied = want
             guard = ev.status + (f" at {ev.diverged_at}" if ev.diverged_at is not None else "")
             setup_s = time.perf_counter() - t0
             for d in statics:

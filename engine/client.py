@@ -1,7 +1,7 @@
 """EngineClient: starts the engine process and talks to it. Imports no torch.
 
 Events arrive on a queue filled by a reader thread that also watches the process: if the
-engine dies (crash, OOM kill, SIGKILL) the queue gets an `Error("engine_dead")` within a
+engine dies (crash, OOM kill, SIGKILL) the queue gets an `Error(ErrorKind.ENGINE_DEAD)` within a
 fraction of a second instead of the owner hanging on a pipe.
 """
 
@@ -13,7 +13,7 @@ import threading
 from multiprocessing.connection import wait
 from typing import Any, Callable
 
-from llmtop.engine.protocol import Configure, Error, Shutdown, decode, encode
+from llmtop.engine.protocol import Configure, Error, ErrorKind, Shutdown, decode, encode
 
 from . import spec, worker
 from . import threads as engine_threads
@@ -67,7 +67,7 @@ class EngineClient:
         try:
             self._conn.send(encode(command))
         except (OSError, AttributeError, BrokenPipeError):
-            self._deliver(Error("engine_dead", "the engine is not running", recoverable=True))
+            self._deliver(Error(ErrorKind.ENGINE_DEAD, "the engine is not running", recoverable=True))
 
     def get(self, timeout: float | None = None) -> Any:
         """The next event (queue mode); raises queue.Empty after `timeout`."""
@@ -122,12 +122,12 @@ class EngineClient:
                 if not self._closing:
                     code = process.exitcode
                     how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                    self._deliver(Error("engine_dead", f"the engine process died ({how})",
+                    self._deliver(Error(ErrorKind.ENGINE_DEAD, f"the engine process died ({how})",
                                         recoverable=True))
                 return
 
 
-def needs_fresh_engine(applied: dict[str, Any] | None, new: Configure) -> bool:
+def needs_fresh_engine(applied: Configure | None, new: Configure) -> bool:
     """Whether `new` must go to a new engine process rather than the one that applied `applied`.
 
     A tensor-parallel group on GPUs ends with its process: on 4 x H200 (torch 2.11, NCCL), rank
@@ -135,9 +135,6 @@ def needs_fresh_engine(applied: dict[str, Any] | None, new: Configure) -> bool:
     was torn down, while a fresh process ran the 4-GPU group fine. So another TP size, GPU set
     or device after a multi-GPU group gets a fresh engine; CPU (gloo) groups are rebuilt in place.
     """
-    if not applied or int(applied.get("tp") or 1) <= 1:
+    if applied is None or applied.tp <= 1 or not applied.device.startswith("cuda"):
         return False
-    if not str(applied.get("device", "")).startswith("cuda"):
-        return False
-    return ((int(applied.get("tp") or 1), applied.get("gpus"), applied.get("device"))
-            != (new.tp, new.gpus, new.device))
+    return (applied.tp, applied.gpus, applied.device) != (new.tp, new.gpus, new.device)

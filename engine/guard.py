@@ -1,7 +1,8 @@
 """The correctness guard: does this configuration compute what the baseline computes?
 
 The baseline (eager attention, dynamic cache, no compile) is traced right after each load;
-every configuration is then traced on the same check prompt, teacher-forced on the
+every configuration is then traced on the same check prompt (each backend's `trace`, in
+engine/backends/), teacher-forced on the
 baseline's ids: each step sees the baseline's context, so a token that flips does not make
 every later step incomparable, and all steps are compared, not just those before the first
 difference.
@@ -17,14 +18,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
-
 import torch
 
 from llmtop.engine.metrics import first_divergence
-from llmtop.engine.protocol import Generate, GuardResult
-
-from . import generate
+from llmtop.engine.protocol import GuardResult
 
 CHECK_PROMPT = "The largest continent is"
 CHECK_TOKENS = 12
@@ -60,68 +57,6 @@ def tolerance(eps: float, layers: int, scale: float) -> float:
     visible flip.
     """
     return CONFIDENCE * math.sqrt(2 * layers + 1) * eps * scale
-
-
-def trace(model: Any, tokenizer: Any, device: str, cache: Any, static_len: int,
-          decoder: Any = None, forced: Sequence[int] | None = None) -> Trace:
-    """Greedy ids and logits of the check prompt under the model's current configuration.
-
-    `forced`: ids to feed back after each step instead of the model's own choice (the
-    baseline's ids), so every step is compared in the baseline's context.
-    """
-    cfg = model.config
-    req = Generate(prompt=CHECK_PROMPT if tokenizer is not None else None,
-                   prompt_len=None if tokenizer is not None else 16, max_new_tokens=CHECK_TOKENS)
-    inputs = generate.prepare(req, tokenizer, cfg.vocab_size, cfg.max_position_embeddings, device)
-    plen = inputs.prompt_tokens
-    static = static_len > 0
-    mask = torch.ones(1, static_len or plen + CHECK_TOKENS, dtype=torch.long, device=device)
-    positions = torch.arange(plen, device=device).unsqueeze(0)
-    ids: list[int] = []
-    fed: list[int] = []
-    logits_out: list[torch.Tensor] = []
-    with torch.inference_mode():
-        logits = generate.prefill(model, inputs.input_ids, mask if static else mask[:, :plen],
-                                  positions, cache)
-        for i in range(CHECK_TOKENS):
-            last = logits[:, -1, :].float()
-            logits_out.append(last[0].cpu())
-            nxt = last.argmax(-1, keepdim=True)
-            ids.append(int(nxt))
-            if i + 1 < CHECK_TOKENS:
-                if forced is not None and i < len(forced):
-                    nxt = torch.full_like(nxt, forced[i])
-                fed.append(int(nxt))
-                pos = torch.full((1, 1), plen + i, device=device)
-                logits = generate.decode_one_token(
-                    decoder or model, nxt, mask if static else mask[:, :plen + i + 1], pos, cache)
-    return Trace(ids, logits_out, fed if forced is not None else None,
-                 torch.finfo(model.dtype).eps, cfg.num_hidden_layers)
-
-
-def trace_paged(model: Any, tokenizer: Any, device: str) -> Trace:
-    """The check prompt through continuous batching (kv=paged): ids only, no logits."""
-    from . import paged
-
-    cfg = model.config
-    req = Generate(prompt=CHECK_PROMPT if tokenizer is not None else None,
-                   prompt_len=None if tokenizer is not None else 16, max_new_tokens=CHECK_TOKENS)
-    inputs = generate.prepare(req, tokenizer, cfg.vocab_size, cfg.max_position_embeddings, device)
-    steps = paged.run_paged(model, inputs, CHECK_TOKENS, generate.Sampling(), set(), True,
-                            lambda: False)
-    return Trace([s.ids[0] for s in steps], [])
-
-
-def trace_vllm(engine: Any, tokenizer: Any, cfg: Any, device: str) -> Trace:
-    """The check prompt through vLLM (backend=vllm): ids only, as with the paged path."""
-    from .paged import unpadded_rows
-
-    req = Generate(prompt=CHECK_PROMPT if tokenizer is not None else None,
-                   prompt_len=None if tokenizer is not None else 16, max_new_tokens=CHECK_TOKENS)
-    inputs = generate.prepare(req, tokenizer, cfg.vocab_size, cfg.max_position_embeddings, device)
-    steps = engine.generate_steps(unpadded_rows(inputs), CHECK_TOKENS, generate.Sampling(), True,
-                                  lambda: False, set())
-    return Trace([s.ids[0] for s in steps], [])
 
 
 def _comparable(baseline: Trace, current: Trace) -> list[int]:

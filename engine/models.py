@@ -43,11 +43,16 @@ class Loaded:
             kv_heads=cfg.num_key_value_heads, hidden=cfg.hidden_size, vocab=cfg.vocab_size,
             dtype=self.dtype, device=self.device, synthetic=self.spec.synthetic,
             source=self.spec.path, tp=self.tp, devices=self.devices or [self.device],
-            gpus=list(self.gpus), gpu_choice=self.gpu_choice)
+            gpus=list(self.gpus), gpu_choice=self.gpu_choice,
+            kv_bytes_per_token=kv_bytes_per_token(self.model))
 
 
 def kv_bytes_per_token(model: Any) -> int:
-    """Bytes of K and V one token adds to the cache, all layers together."""
+    """Bytes of K and V one token adds to the cache, all layers together.
+
+    The one derivation (sent in ModelInfo and the record): with the config's own head_dim,
+    which differs from hidden / heads for some models.
+    """
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     elem = next(model.parameters()).element_size()

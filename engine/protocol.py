@@ -8,6 +8,10 @@ version, so no torch object (or any class the other side lacks) is ever pickled 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import functools
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +80,9 @@ class Status:
 
 @dataclass
 class ModelInfo:
+    """The loaded model's shape; `kv_bytes_per_token` is computed by the engine (engine/models.py)
+    with the model's real head_dim, so nobody else derives it."""
+
     name: str
     params: int
     weight_bytes: int
@@ -92,6 +99,7 @@ class ModelInfo:
     devices: list[str] = field(default_factory=list)  # each rank's device, rank 0 first
     gpus: list[int] = field(default_factory=list)     # the same GPUs as nvidia-smi numbers them
     gpu_choice: str = ""                              # why those GPUs (named, recommended, ...)
+    kv_bytes_per_token: int = 0   # K+V bytes one token adds, all layers (0: an old recording)
 
 
 @dataclass
@@ -115,9 +123,12 @@ class DeviceInfo:
 
 @dataclass
 class ConfigApplied:
-    """What the engine runs with now, and how it got there (in place, reloaded, recompiled)."""
+    """What the engine runs with now, and how it got there (in place, reloaded, recompiled).
 
-    config: dict[str, Any]
+    `config.opts` is the full axis -> option map, the catalogue's defaults merged by the engine.
+    """
+
+    config: Configure
     how: str
     seconds: float
 
@@ -151,11 +162,18 @@ class RunDone:
 
 @dataclass
 class EngineEvent:
-    """Something that explains speed (recompile, graph capture, tuning), for trace markers."""
+    """Something that explains speed (recompile, graph capture, tuning), for trace markers.
+
+    For a stall (kinds in STALLS) `t_ns` is when it started and `duration_ms` how long it took.
+    """
 
     kind: str
     detail: str
     t_ns: int
+    duration_ms: float | None = None
+
+
+STALLS = ("compile", "recompile", "capture", "tuning")
 
 
 @dataclass
@@ -204,11 +222,44 @@ class GuardResult:
     beyond_at: int | None = None         # first token flipped beyond tolerance (diverged only)
 
 
+class ErrorKind(str, enum.Enum):
+    """What went wrong; the values are the strings the wire (and old recordings) carry."""
+
+    CONFIG = "config"                  # the configuration cannot run (here)
+    BAD_REQUEST = "bad_request"        # the request cannot run (prompt too long, no tokenizer)
+    OOM = "oom"                        # out of memory; the tokens so far still make a record
+    RUNTIME = "runtime"                # a kernel failed mid-run; the same
+    ENGINE_DEAD = "engine_dead"        # the engine process is gone
+    INTERNAL = "internal"              # a bug in the engine (its traceback is in engine.log)
+    PROTOCOL = "protocol"              # a message the engine could not read
+    NOT_CONFIGURED = "not_configured"  # a run was asked of an engine with no configuration
+    STALLED = "stalled"                # no word from the engine for too long (the owner's verdict)
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def fatal(self) -> bool:
+        """The run (or configuration) cannot go on: no record follows. An oom or a runtime error
+        mid-run is not fatal: the engine still sends the record of the tokens measured."""
+        return self not in (ErrorKind.OOM, ErrorKind.RUNTIME)
+
+    @property
+    def pausing(self) -> bool:
+        """The dashboard stops running on its own until the user acts (retrying would only fail
+        again the same way)."""
+        return self in (ErrorKind.OOM, ErrorKind.RUNTIME, ErrorKind.BAD_REQUEST,
+                        ErrorKind.INTERNAL)
+
+
 @dataclass
 class Error:
-    kind: str
+    kind: ErrorKind
     message: str
     recoverable: bool = True
+
+    def __post_init__(self) -> None:
+        self.kind = ErrorKind(self.kind)   # Error("oom", ...) is an ErrorKind too; unknown: ValueError
 
 
 COMMANDS = (Configure, Generate, Stop, Shutdown)
@@ -217,16 +268,25 @@ EVENTS = (Status, ModelInfo, DeviceInfo, ConfigApplied, RunStarted, Token, RunDo
 _TYPES = {cls.__name__: cls for cls in COMMANDS + EVENTS}
 
 
+def _plain(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: v.value if isinstance(v, enum.Enum) else v for k, v in pairs}
+
+
 def encode(message: Any) -> dict[str, Any]:
-    """A message as a plain dict, ready for any pipe or JSON line."""
-    data = dataclasses.asdict(message)
+    """A message as a plain dict of builtins (enums as their values), ready for any pipe or
+    JSON line."""
+    data = dataclasses.asdict(message, dict_factory=_plain)
     data["type"] = type(message).__name__
     data["v"] = PROTOCOL_VERSION
     return data
 
 
 def decode(data: dict[str, Any]) -> Any:
-    """The message a dict from `encode` stands for; unknown versions or types raise ValueError."""
+    """The message a dict from `encode` stands for; unknown versions or types raise ValueError.
+
+    Fields typed as a dataclass or an enum are rebuilt as one, at any depth, so a consumer reads
+    `ev.config.tp`, never a dict.
+    """
     data = dict(data)
     version = data.pop("v", None)
     if version != PROTOCOL_VERSION:
@@ -235,4 +295,29 @@ def decode(data: dict[str, Any]) -> Any:
     cls = _TYPES.get(name)
     if cls is None:
         raise ValueError(f"unknown message type {name!r}")
-    return cls(**data)
+    return _build(cls, data)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    hints = _hints(cls)
+    return cls(**{k: _value(hints.get(k, Any), v) for k, v in data.items()})
+
+
+def _value(hint: Any, value: Any) -> Any:
+    """`value` as the type `hint` names: a dataclass, an enum, or either inside X | None."""
+    if value is None:
+        return None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _value(inner[0], value) if len(inner) == 1 else value
+    if isinstance(hint, type):
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            return _build(hint, value)
+        if issubclass(hint, enum.Enum):
+            return hint(value)
+    return value

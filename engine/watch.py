@@ -81,7 +81,7 @@ class GraphWatch:
         what = "compiled and warmed up" if n == 0 else "CUDA graph recorded"
         self.emit(EngineEvent("compile" if n == 0 else "capture",
                               f"decode step, batch {key[0]}, cache {key[1]}: {what} in {ms:.0f} ms",
-                              t0))
+                              t0, duration_ms=ms))
         return out
 
 
@@ -103,13 +103,16 @@ class TuningWatch:
     def _count() -> int:
         return len(torch.cuda.tunable.get_results())
 
-    def check(self, where: str) -> None:
-        """Call after a step: notes the shapes tuned during it."""
+    def check(self, where: str, since_ns: int | None = None) -> None:
+        """Call after a step (that began at `since_ns`, when known): notes the shapes tuned
+        during it. The first tuning step is marked as a stall lasting that step's time."""
         n = self._count()
         if n > self.known:
             if self.steps == 0:
+                now = time.perf_counter_ns()
                 self.emit(EngineEvent("tuning", f"TunableOp tuned {n - self.known} new GEMM "
-                                      f"shape(s) {where}", time.perf_counter_ns()))
+                                      f"shape(s) {where}", since_ns if since_ns else now,
+                                      duration_ms=(now - since_ns) / 1e6 if since_ns else None))
             self.tuned += n - self.known
             self.steps += 1
             self.known = n

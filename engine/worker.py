@@ -14,7 +14,8 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from llmtop.engine.protocol import Configure, Error, Generate, Shutdown, Status, Stop, decode, encode
+from llmtop.engine.protocol import (Configure, Error, ErrorKind, Generate, Shutdown, Status, Stop,
+                                    decode, encode)
 
 
 def main(conn: Connection, log_path: str | None = None, threads_request: int | None = None,
@@ -41,7 +42,7 @@ def main(conn: Connection, log_path: str | None = None, threads_request: int | N
             except (EOFError, OSError):
                 os._exit(0)
             except ValueError as e:
-                emit(Error("protocol", str(e)))
+                emit(Error(ErrorKind.PROTOCOL, str(e)))
                 continue
             if isinstance(message, Stop):
                 stop.set()
@@ -59,6 +60,7 @@ def main(conn: Connection, log_path: str | None = None, threads_request: int | N
                                ui_attached)
     torch.set_num_threads(thread_plan.threads)
     engine = Engine(emit, stop, thread_plan=thread_plan)
+    handlers = {Configure: engine.configure, Generate: engine.generate}  # Stop: the reader's
     emit(Status("ready", "waiting for a configuration"))
     while True:
         message = inbox.get()
@@ -66,24 +68,23 @@ def main(conn: Connection, log_path: str | None = None, threads_request: int | N
             if isinstance(message, Shutdown):
                 engine.close()  # tensor-parallel followers end with us (engine/tp.py)
                 break
-            if isinstance(message, Configure):
-                engine.configure(message)
-            elif isinstance(message, Generate):
-                engine.generate(message)
+            handler = handlers.get(type(message))
+            if handler is not None:
+                handler(message)
         except (spec.ModelSpecError, catalogue.OptionError) as e:
-            emit(Error("config", str(e)))
+            emit(Error(ErrorKind.CONFIG, str(e)))
             emit(Status("ready" if engine.loaded else "error", str(e)))
         except MemoryError:
-            emit(Error("oom", "out of host memory"))
+            emit(Error(ErrorKind.OOM, "out of host memory"))
             emit(Status("ready" if engine.loaded else "error", "out of host memory"))
         except torch.OutOfMemoryError as e:  # e.g. while loading or preparing a request
             lines = str(e).strip().splitlines()
-            emit(Error("oom", f"out of device memory: {lines[0] if lines else ''}"[:300]))
+            emit(Error(ErrorKind.OOM, f"out of device memory: {lines[0] if lines else ''}"[:300]))
             emit(Status("ready" if engine.loaded else "error", "out of device memory"))
         except Exception as e:  # the owner shows one line; the traceback goes to stderr
             traceback.print_exc()
             lines = str(e).strip().splitlines()
-            emit(Error("internal", f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]))
+            emit(Error(ErrorKind.INTERNAL, f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]))
             emit(Status("error", type(e).__name__))
     conn.close()
 

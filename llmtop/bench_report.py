@@ -19,9 +19,10 @@ from typing import Any
 from llmtop.bench_charts import CHARTS, chart_name, groups, png_charts, terminal_charts, title
 from llmtop.bench_plan import BASELINE, SCHEMA, BenchError
 from llmtop.bench_store import iter_points, read_lines
+from llmtop.engine import catalogue
 from llmtop.profilers.report import matrix_text
 
-AXES = ("attention", "kv", "compile", "gemm", "dtype", "backend")
+AXES = tuple(catalogue.AXES)
 
 CSV_FIELDS = [
     "config", "tp", "prompt_len", "new_tokens", "batch", "status", "repeats", "n_tokens",

@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from llmtop import __version__
+from llmtop.engine import catalogue
 from llmtop.engine.threads import ThreadsError
 
 EPILOG = """examples:
@@ -28,12 +29,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         "(random weights, real timings)")
     g.add_argument("--device", default="auto",
                    help="cpu, cuda or cuda:N (ROCm GPUs are cuda too); auto = cuda if present")
-    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    g.add_argument("--dtype", default=catalogue.DEFAULTS["dtype"], choices=catalogue.AXES["dtype"])
     g.add_argument("--opt", action="append", default=[], metavar="AXIS=VALUE",
                    help="an optimization, e.g. attention=sdpa, kv=static, compile=full, "
                         "gemm=tunableop (repeatable; `llmtop info` lists them all)")
-    g.add_argument("--preset", choices=["baseline", "study", "max"],
-                   help="a named set of optimizations, applied before --opt")
+    g.add_argument("--preset", choices=list(catalogue.PRESETS),
+                   help="a named set of optimizations, applied before --opt: " + "; ".join(
+                       f"{name}, {why}" for name, why in catalogue.PRESET_HELP.items()))
     g.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs (default 1)")
     g.add_argument("--gpus", default=None, metavar="0,1",
                    help="the GPUs of the --tp ranks, rank 0 first, numbered as nvidia-smi and the "

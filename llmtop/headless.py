@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
-import queue
 import sys
-import time
 from typing import Any, TextIO
 
 from llmtop import checks
-from llmtop.engine.client import EngineClient
 from llmtop.engine.metrics import BUSY_LOAD
-from llmtop.engine.protocol import ConfigApplied, Error, RunDone, Status, StepProfile, Stop, Token
+from llmtop.engine.protocol import ErrorKind, Status, StepProfile, Token
+from llmtop.engine.session import EngineSession
 from llmtop.settings import UsageError, configure_from_args, engine_threads_from_args, generate_from_args
+
+
+# silence from the engine this long ends the run as stalled (loading and compiling send a
+# heartbeat every 0.5 s; a CPU recompile inside a run can take minutes)
+STALL_S = 900.0
 
 
 def _num(value: Any, spec: str, unit: str = "") -> str:
@@ -151,73 +153,39 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.s
         checks.output_file(args.json)
     except (UsageError, checks.CheckError) as e:
         return _fail(str(e), 2)
-    client = EngineClient(threads=threads)
-    client.start()
-    record = None
+
+    def progress(kind: str, ev: Any) -> None:
+        if kind == "status":
+            _progress(ev, err)
+
+    def token(ev: Token) -> None:
+        out.write(ev.texts[0])
+        out.flush()
+
+    session = EngineSession(None, STALL_S, on_progress=progress, threads=threads)
+    session.start()
     try:
-        client.send(configure)
-        while True:  # until the configuration is applied
-            ev = client.get()
-            if isinstance(ev, Status):
-                _progress(ev, err)
-            elif isinstance(ev, Error):
-                _clear(err)
-                return _fail(ev.message, 2 if ev.kind == "config" else 1)
-            elif isinstance(ev, ConfigApplied):
-                _clear(err)
-                break
-        client.send(request)
+        applied = session.configure(configure)
+        _clear(err)
+        if applied.error_kind:
+            return _fail(applied.message, 2 if applied.error_kind == ErrorKind.CONFIG else 1)
         if request.prompt is not None and request.batch == 1:
             out.write(request.prompt)
-        try:
-            record = _stream(client, out)
-        except KeyboardInterrupt:
-            client.send(Stop())
-            record = _stream(client, out, timeout=10)
+        outcome = session.generate(request, on_token=token)
+        record = outcome.record
+        if record is None:
+            return _fail(outcome.message, 2 if outcome.error_kind == ErrorKind.BAD_REQUEST else 1)
+        if record.get("stopped") == "stop":
             out.write("\n")
-        if isinstance(record, Error):
-            return _fail(record.message, 2 if record.kind == "bad_request" else 1)
+        if outcome.error_kind:   # e.g. out of memory mid-run: the tokens before it are measured
+            print(f"\nllmtop: {outcome.message}", file=sys.stderr)
+        if outcome.profile:
+            record["step_profile"] = outcome.profile
         out.write("\n" + metrics_table(record) + "\n")
-        if record.get("step_profile"):
-            out.write(profile_table(StepProfile(**record["step_profile"])) + "\n")
+        if outcome.profile:
+            out.write(profile_table(StepProfile(**outcome.profile)) + "\n")
         if args.json:
             out.write(checks.save_record(record, args.json) + "\n")
         return 0 if not record.get("stopped") else 1
     finally:
-        client.close()
-
-
-FATAL = ("engine_dead", "bad_request", "config", "not_configured", "internal")
-
-
-def _stream(client: EngineClient, out: TextIO, timeout: float | None = None) -> Any:
-    """Writes request 0's text as it arrives; returns the record, or the Error that ended it.
-
-    An OOM or runtime error mid-run still yields a record of the tokens measured so far.
-    """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    error = None
-    profiles: list[StepProfile] = []
-    while True:
-        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            ev = client.get(timeout=wait)
-        except queue.Empty:
-            return Error("timeout", "the engine did not finish the run in time")
-        if isinstance(ev, Token):
-            out.write(ev.texts[0])
-            out.flush()
-        elif isinstance(ev, StepProfile):
-            profiles.append(ev)
-        elif isinstance(ev, RunDone):
-            if error is not None:
-                print(f"\nllmtop: {error.message}", file=sys.stderr)
-            if profiles:
-                ev.record["step_profile"] = asdict(profiles[0])
-            return ev.record
-        elif isinstance(ev, Error):
-            if ev.kind in FATAL:
-                return ev
-            error = ev
-        elif isinstance(ev, Status) and ev.phase in ("ready", "error") and error is not None:
-            return error
+        session.close()

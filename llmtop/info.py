@@ -7,12 +7,14 @@ import json
 import sys
 from typing import Any
 
+from llmtop.engine import catalogue
+
 
 def collect(device: str) -> dict[str, Any]:
     """Versions, devices and the catalogue's availability for `device` (imports torch)."""
     import torch
 
-    from llmtop.engine import catalogue, record, spec, threads
+    from llmtop.engine import record, spec, threads
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -81,10 +83,11 @@ def render(data: dict[str, Any]) -> str:
               "synthetic " + ", ".join("synthetic:" + s for s in data["synthetic_shapes"]),
               "", f"optimizations on {data['device']} (--opt AXIS=OPTION):"]
     for axis, options in data["options"].items():
-        lines.append(f"  {axis}")
+        about = catalogue.AXIS_INFO[axis]
+        lines.append(f"  {axis} · {about.help} (default {about.default}: {about.why_default})")
         for name, a in options.items():
             mark = "yes" if a["ok"] else "no "
-            lines.append(f"    {mark} {name:<18} {a['reason']}".rstrip())
+            lines.append(f"    {mark} {name:<18} {a['reason'] or about.options[name]}")
     lines.append("presets (--preset NAME): " + "; ".join(
         f"{n}: " + " ".join(f"{k}={val}" for k, val in p.items()) for n, p in data["presets"].items()))
     return "\n".join(lines)

@@ -10,13 +10,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 UI_SIDE = ["llmtop.cli", "llmtop.engine.protocol", "llmtop.engine.metrics", "llmtop.settings",
            "llmtop.headless", "llmtop.engine.client", "llmtop.engine.catalogue",
-           "llmtop.engine.spec", "llmtop.profilers", "llmtop.tui"]
+           "llmtop.engine.session", "llmtop.engine.session_log", "llmtop.engine.spec",
+           "llmtop.profilers", "llmtop.tui"]
 
 
 def test_ui_side_modules_import_no_torch_in_a_fresh_interpreter():
     code = ("import importlib, sys\n"
             f"for m in {UI_SIDE!r}: importlib.import_module(m)\n"
-            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+            "bad = [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules]\n"
             "print(','.join(bad))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert p.returncode == 0, p.stderr
@@ -31,7 +32,7 @@ def test_package_installs_under_the_llmtop_namespace_only(tmp_path):
     top = {d.name for d in target.iterdir()}
     assert "llmtop" in top
     assert not top & {"engine", "tui", "profilers", "themes"}
-    for sub in ("engine", "profilers", "tui", "themes"):
+    for sub in ("engine", "engine/backends", "engine/optimizations", "profilers", "tui", "themes"):
         assert (target / "llmtop" / sub / "__init__.py").exists()
     code = ("import llmtop.engine.spec, llmtop.cli, llmtop.tui.app\n"
             "from llmtop.tui import theming\n"

@@ -50,7 +50,6 @@ from .widgets.tp_control import TpControl, tp_choices
 
 DEFAULT_PROMPT = PROMPT_SET[0]
 # errors after which the loop pauses: running the same request again would fail the same way
-PAUSING_ERRORS = ("oom", "runtime", "bad_request", "internal")
 TABS = ("optimize", "run", "gpu", "host", "numa")
 # Side by side the left column needs ~60 columns (plot axes, readable text) and the right the
 # metrics table's width (label and two value columns with their headers: 64, app.tcss' #right
@@ -387,19 +386,18 @@ class LlmtopApp(App):
 
     def _config_needed(self) -> bool:
         applied = self.session.config
-        return (applied is None or applied.get("opts") != self.desired.opts
-                or int(applied.get("tp") or 1) != self.desired.tp)
+        return (applied is None or applied.opts != self.desired.opts
+                or applied.tp != self.desired.tp)
 
     def conflict(self) -> str | None:
         return catalogue.conflicts(self.desired.opts)
 
     def pending_changes(self) -> list[str]:
-        config = self.session.config or {}
-        applied = config.get("opts")
-        if not applied:
+        config = self.session.config
+        if config is None or not config.opts:
             return []
-        out = [f"{a}={v}" for a, v in self.desired.opts.items() if applied.get(a) != v]
-        if int(config.get("tp") or 1) != self.desired.tp:
+        out = [f"{a}={v}" for a, v in self.desired.opts.items() if config.opts.get(a) != v]
+        if config.tp != self.desired.tp:
             out.append(f"tp={self.desired.tp}")
         return out
 
@@ -490,11 +488,11 @@ class LlmtopApp(App):
             s.on_config(ev)
             if not isinstance(self.inflight, Configure):
                 # not our request (an adopted engine, a replay): what runs is what we want
-                self.desired.opts = dict(ev.config.get("opts", self.desired.opts))
-                self.desired.dtype = ev.config.get("dtype", self.desired.dtype)
-                self.desired.tp = int(ev.config.get("tp") or 1)
-                self.desired.gpus = ev.config.get("gpus")
-            self.desired.device = ev.config.get("device", self.desired.device)
+                self.desired.opts = dict(ev.config.opts)
+                self.desired.dtype = ev.config.dtype
+                self.desired.tp = ev.config.tp
+                self.desired.gpus = ev.config.gpus
+            self.desired.device = ev.config.device
             self._trace_event("config_applied", how=ev.how, seconds=ev.seconds)
             self._changed(LlmtopHeader, OptimizationsPanel, TpControl, LatencyPlot, ComparisonTable)
         elif isinstance(ev, EngineEvent):
@@ -528,13 +526,13 @@ class LlmtopApp(App):
                             "everything measured so far is kept.")
             self._watch_pid(None)
         elif ev.kind == "config":
-            applied = (s.config or {}).get("opts")
+            applied = s.config.opts if s.config else None
             self.notify(f"configuration rejected: {ev.message}", severity="error", timeout=8)
             if applied:   # back to what runs, so the loop does not retry the same refusal
                 self.desired.opts = dict(applied)
                 self.desired.dtype = applied.get("dtype", self.desired.dtype)
-                self.desired.tp = int((s.config or {}).get("tp") or 1)
-                self.desired.gpus = (s.config or {}).get("gpus")
+                self.desired.tp = s.config.tp
+                self.desired.gpus = s.config.gpus
             else:
                 self._set_error(f"the engine cannot load this configuration: {ev.message}")
             self._changed(OptimizationsPanel, TpControl, LlmtopHeader)
@@ -543,7 +541,7 @@ class LlmtopApp(App):
             self.busy = False
             self.inflight = None
             self.call_later(self._next)
-        elif ev.kind in PAUSING_ERRORS:
+        elif ev.kind.pausing:
             s.on_run_error(ev.message)
             self.paused = True
             if ev.kind == "internal":

@@ -11,8 +11,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from llmtop.engine import catalogue
 from llmtop.engine import metrics as m
-from llmtop.engine.protocol import (ConfigApplied, DeviceInfo, EngineEvent, ModelInfo, RunDone, RunStarted,
+from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, ModelInfo, RunDone, RunStarted,
                              Status, Token)
 
 # The study's prompt first; the engine loops over these unless the user gives a prompt.
@@ -25,7 +26,7 @@ PROMPT_SET: tuple[str, ...] = (
 )
 
 # axis order of the badges and the configuration labels
-AXIS_ORDER = ("attention", "kv", "compile", "gemm", "dtype", "backend")
+AXIS_ORDER = tuple(catalogue.AXES)
 
 # a token slower than this many times the run's median step stands out
 SLOW_RATIO = 1.3
@@ -66,15 +67,6 @@ def latency_class(latency_ms: float, median_ms: float) -> str:
     if ratio >= SLOW_RATIO:
         return "slow"
     return "ok"
-
-
-def kv_bytes_per_token(info: ModelInfo) -> int:
-    """K and V of every layer for one token: 2 x layers x kv_heads x head_dim x bytes."""
-    if not info.heads or not info.params:
-        return 0
-    head_dim = info.hidden // info.heads
-    bytes_per = info.weight_bytes / info.params if info.params else 2
-    return int(2 * info.layers * info.kv_heads * head_dim * round(bytes_per))
 
 
 @dataclass
@@ -160,7 +152,7 @@ class Session:
     def __init__(self) -> None:
         self.model: ModelInfo | None = None
         self.device: DeviceInfo | None = None
-        self.config: dict[str, Any] | None = None      # what the engine runs now (ConfigApplied)
+        self.config: Configure | None = None      # what the engine runs now (ConfigApplied)
         self.status = Status("starting", "starting the engine")
         self.guard_result: Any = None   # the engine's latest GuardResult (check prompt vs baseline)
         self.clear()
@@ -197,11 +189,10 @@ class Session:
     def on_config(self, ev: ConfigApplied) -> None:
         old = self.config
         self.config = ev.config
-        if old is not None and (old.get("opts"), old.get("tp", 1)) != (ev.config.get("opts"),
-                                                                       ev.config.get("tp", 1)):
-            changed = [f"{a}={v}" for a, v in ev.config["opts"].items() if old["opts"].get(a) != v]
-            if old.get("tp", 1) != ev.config.get("tp", 1):
-                changed.append(f"tp={ev.config.get('tp', 1)}")
+        if old is not None and (old.opts, old.tp) != (ev.config.opts, ev.config.tp):
+            changed = [f"{a}={v}" for a, v in ev.config.opts.items() if old.opts.get(a) != v]
+            if old.tp != ev.config.tp:
+                changed.append(f"tp={ev.config.tp}")
             self.markers.append(Marker(self.steps, "config", " ".join(changed) or ev.how))
         elif old is not None and ev.how == "loaded" and old != ev.config:
             self.markers.append(Marker(self.steps, "config", "reloaded"))
@@ -218,8 +209,8 @@ class Session:
         self.version += 1
 
     def on_run_started(self, ev: RunStarted, sample: bool = False, prompt_len: int | None = None) -> Run:
-        opts = dict((self.config or {}).get("opts", {}))
-        tp = int((self.config or {}).get("tp") or 1)
+        opts = dict(self.config.opts) if self.config else {}
+        tp = self.config.tp if self.config else 1
         run = Run(ev.run_id, ev.prompts[0] if ev.prompts else "", ev.prompt_tokens, ev.batch,
                   ev.max_new_tokens, ev.t_start_ns, opts, config_key(opts, ev.batch, prompt_len, tp),
                   sample=sample, tp=tp, first_step=self.steps)
@@ -362,7 +353,7 @@ class Session:
             return None
         rm = m.run_metrics(run.t_start_ns, run.stamps, run.batch, run.prompt_tokens)
         return asdict(m.roofline(rm, self.model.weight_bytes, self.model.params,
-                                 kv_bytes_per_token(self.model), self.device.mem_bw_gb_s,
+                                 self.model.kv_bytes_per_token, self.device.mem_bw_gb_s,
                                  self.device.peak_tflops, ranks=run.tp))
 
     def plot_series(self, window: int = PLOT_WINDOW) -> tuple[list[int], list[float], list[int], list[float]]:
@@ -393,7 +384,7 @@ class Session:
             "schema": "llmtop.session/1",
             "model": asdict(self.model) if self.model else None,
             "device": asdict(self.device) if self.device else None,
-            "config": self.config,
+            "config": asdict(self.config) if self.config else None,
             "runs": [r.record for r in self.runs if r.record is not None],
             "comparison": [
                 {"configuration": row.label, "opts": row.opts, "batch": row.batch,

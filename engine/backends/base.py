@@ -9,7 +9,7 @@ configure time, each step an EngineEvent with its duration), never inside a meas
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 from ..generate import Inputs, Sampling, Step
 from ..guard import Trace
@@ -19,6 +19,14 @@ Emit = Callable[[Any], None]
 
 class Backend(abc.ABC):
     name: ClassVar[str]   # the option of the `backend` axis: hf | vllm | native
+    # True: the backend runs its own tensor parallelism in one engine process (vLLM), so the
+    # runner loads one unsharded copy and starts no follower ranks
+    own_tensor_parallel: ClassVar[bool] = False
+
+    def __init__(self, loaded: Any, opts: dict[str, str], emit: Emit, tp: int = 1) -> None:
+        """How the runner builds every backend, for one configuration (`opts`, the full axis
+        map) of a loaded model (engine/models.Loaded) with `tp` ranks: anything slow (compile,
+        capture, starting another engine) happens here, at configure time."""
 
     @abc.abstractmethod
     def generate_steps(self, inputs: Inputs, max_new_tokens: int, sampling: Sampling,
@@ -28,9 +36,14 @@ class Backend(abc.ABC):
         reached the host (that read waits for the device, so the stamp is honest)."""
 
     @abc.abstractmethod
-    def trace(self, inputs: Inputs, tokens: int) -> Trace:
+    def trace(self, inputs: Inputs, tokens: int, forced: Sequence[int] | None = None) -> Trace:
         """Greedy ids of the guard's check prompt, with each step's last-position logits
-        (float32, on the host) where the backend has them."""
+        (float32, on the host), the dtype's epsilon and the layer count where the backend has
+        them; `forced`: ids to feed back instead of its own choices, where it can."""
+
+    def warm(self, batch: int, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Compiles or captures whatever a run of this shape needs and has not met yet, before
+        the runner starts its clock: nothing compiles inside a measured run."""
 
     def apply(self, opts: dict[str, str]) -> None:
         """Options that change in place (no rebuild); the optimization units say which."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -178,8 +178,9 @@ class NativeBackend(Backend):
                 ids = next_ids.view(-1).tolist()
                 t_ns = time.perf_counter_ns()
 
-    def trace(self, inputs: Inputs, tokens: int) -> Trace:
+    def trace(self, inputs: Inputs, tokens: int, forced: Sequence[int] | None = None) -> Trace:
         ids: list[int] = []
+        fed: list[int] = []
         logits_out: list[torch.Tensor] = []
         with torch.inference_mode():
             logits, lengths = self._prefill(inputs, tokens)
@@ -188,8 +189,12 @@ class NativeBackend(Backend):
                 next_ids = logits.argmax(-1, keepdim=True)
                 ids.append(int(next_ids[0, 0]))
                 if i + 1 < tokens:
+                    if forced is not None and i < len(forced):
+                        next_ids = torch.full_like(next_ids, forced[i])
+                    fed.append(int(next_ids[0, 0]))
                     logits = self._launch(next_ids, lengths)
-        return Trace(ids, logits_out)
+        return Trace(ids, logits_out, fed if forced is not None else None,
+                     torch.finfo(self.model.dtype).eps, self.model.shape.layers)
 
     def run_info(self) -> dict[str, Any]:
         return dict(kv=self.cache.kind, kv_page_tokens=getattr(self.cache, "page", None),

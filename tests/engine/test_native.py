@@ -118,11 +118,12 @@ def test_pinned_prefill_attention_gives_the_same_ids(tiny, attention):
 
 def test_trace_gives_logits_matching_hf(embedded):
     from llmtop.engine import guard
-    from transformers import DynamicCache
+    from llmtop.engine.backends.hf import HfBackend
 
     inputs = inputs_for(embedded, prompt=guard.CHECK_PROMPT, max_new=guard.CHECK_TOKENS)
-    reference = guard.trace(embedded.model, embedded.tokenizer, "cpu",
-                            DynamicCache(config=embedded.model.config), 0)
+    hf = HfBackend(embedded, {"attention": "eager", "kv": "dynamic", "compile": "off"},
+                   lambda e: None)
+    reference = hf.trace(inputs, guard.CHECK_TOKENS)
     ours = backend(embedded).trace(inputs, guard.CHECK_TOKENS)
     result = guard.compare(reference, ours)
     assert result.status == "identical", result

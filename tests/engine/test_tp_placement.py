@@ -102,16 +102,18 @@ def test_plain_cuda_passes_the_up_front_check_when_enough_gpus_are_seen(monkeypa
 
 def test_a_gpu_tensor_parallel_group_ends_with_its_engine_process():
     """Seen on 4 x H200: rank 0 died (SIGSEGV) replacing a 2-GPU NCCL group by a 4-GPU one."""
+    from dataclasses import replace
+
     from llmtop.engine.client import needs_fresh_engine
     from llmtop.engine.protocol import Configure
 
-    gpu2 = {"model": "synthetic:llama-2-7b", "device": "cuda", "dtype": "bf16", "opts": {},
-            "tp": 2, "gpus": None}
+    gpu2 = Configure("synthetic:llama-2-7b", "cuda", "bf16", {}, 2, None)
     same = Configure("synthetic:llama-2-7b", "cuda", "bf16", {"attention": "flash"}, 2, None)
     assert not needs_fresh_engine(gpu2, same)          # options change in place
     assert needs_fresh_engine(gpu2, Configure("synthetic:llama-2-7b", "cuda", "bf16", {}, 4))
     assert needs_fresh_engine(gpu2, Configure("synthetic:llama-2-7b", "cuda", "bf16", {}, 1))
     assert needs_fresh_engine(gpu2, Configure("synthetic:llama-2-7b", "cuda", "bf16", {}, 2, [2, 3]))
     assert not needs_fresh_engine(None, same)
-    assert not needs_fresh_engine({**gpu2, "tp": 1}, same)  # one GPU: no group yet
-    assert not needs_fresh_engine({**gpu2, "device": "cpu"}, Configure("synthetic:tiny", "cpu", "bf16", {}, 1))
+    assert not needs_fresh_engine(replace(gpu2, tp=1), same)  # one GPU: no group yet
+    assert not needs_fresh_engine(replace(gpu2, device="cpu"),
+                                  Configure("synthetic:tiny", "cpu", "bf16", {}, 1))

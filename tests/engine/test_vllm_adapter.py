@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmtop.engine import generate, vllm_backend
+from llmtop.engine import generate
+from llmtop.engine.backends import vllm as vllm_backend
 from llmtop.engine.generate import Sampling
 
 FAKE = Path(__file__).parent.parent / "fakes" / "vllm"
@@ -44,18 +45,46 @@ def greedy_reference(prompt: list[int], n: int) -> list[int]:
 PROMPTS = [[1, 450, 10487, 25523], [1, 15043, 29892, 590, 1024, 338], [1, 7], [1, 2, 3, 4, 5]]
 
 
-def test_availability_says_why(fake_vllm, monkeypatch):
-    monkeypatch.setenv("FAKE_VLLM_PLATFORM", "cuda")  # a CUDA build of vLLM
+def _dist_info(root: Path, version: str) -> None:
+    """The metadata an installed vLLM wheel leaves (name and version), for importlib.metadata."""
+    info = root / f"vllm-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
+
+
+@pytest.mark.parametrize("version, device_type", [("0.9.1", "cuda"), ("0.9.1+cu126", "cuda"),
+                                                  ("0.9.1+cpu", "cpu"), ("0.9.1+rocm634", "rocm")])
+def test_the_build_platform_is_read_from_metadata(tmp_path, monkeypatch, version, device_type):
+    _dist_info(tmp_path, version)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert vllm_backend.build_platform() == device_type
+
+
+def test_availability_says_why_without_importing_vllm(monkeypatch):
+    for name in ("vllm", "vllm.platforms"):   # any import of vLLM would now raise ImportError
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # installed
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(vllm_backend, "build_platform", lambda: "cuda")  # a CUDA wheel
     assert vllm_backend.vllm_available("cuda") == (True, "")
     ok, why = vllm_backend.vllm_available("cpu")
     assert not ok and why == "this vLLM is built for cuda, not the CPU"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     ok, why = vllm_backend.vllm_available()
     assert not ok and "GPU" in why and "\n" not in why
-    monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # not installed
     ok, why = vllm_backend.vllm_available()
     assert not ok and why == "vLLM not installed (pip install vllm)"
+
+
+def test_the_running_platform_is_checked_when_backend_vllm_starts(fake_vllm, monkeypatch):
+    from llmtop.engine.catalogue import OptionError
+
+    monkeypatch.setenv("FAKE_VLLM_PLATFORM", "cuda")  # a CUDA build of vLLM
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    vllm_backend.check_platform("cuda")
+    with pytest.raises(OptionError, match="this vLLM is built for cuda, not the CPU"):
+        vllm_backend.check_platform("cpu")
 
 
 def test_engine_args_are_vllms(fake_vllm):
@@ -165,9 +194,14 @@ def test_tensor_parallel_in_a_daemonic_process_is_refused_up_front(fake_vllm, mo
 
 
 def test_a_cpu_build_runs_on_the_cpu_only(fake_vllm, monkeypatch):
+    from llmtop.engine.catalogue import OptionError
+
     monkeypatch.setenv("FAKE_VLLM_PLATFORM", "cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert vllm_backend.vllm_available("cpu") == (True, "")
+    vllm_backend.check_platform("cpu")
+    with pytest.raises(OptionError, match="this vLLM is built for cpu, not CUDA/ROCm"):
+        vllm_backend.check_platform("cuda")
+    monkeypatch.setattr(vllm_backend, "build_platform", lambda: "cpu")
     ok, why = vllm_backend.vllm_available("cuda")
     assert not ok and why == "this vLLM is built for cpu, not CUDA/ROCm"
 
@@ -197,7 +231,7 @@ def test_backend_vllm_behind_the_engine_interface(tmp_path, monkeypatch, engine_
     info = next(e for e in seen if isinstance(e, DeviceInfo))
     assert info.options["backend"]["vllm"]["ok"]
     applied = next(e for e in seen if isinstance(e, ConfigApplied))
-    assert applied.config["opts"]["backend"] == "vllm" and applied.how == "loaded"
+    assert applied.config.opts["backend"] == "vllm" and applied.how == "loaded"
     # the fake's formula is not tiny's random weights: the guard must say where they part
     assert guard.status == "diverged" and guard.diverged_at == 0
     engine.send(Generate(run_id=1, prompt_len=12, batch=3, max_new_tokens=6, ignore_eos=True))
@@ -215,3 +249,30 @@ def test_backend_vllm_behind_the_engine_interface(tmp_path, monkeypatch, engine_
                           opts={"backend": "hf", "attention": "eager"}))
     back = wait_for(engine, lambda e: isinstance(e, (GuardResult, Error)), timeout=300)
     assert isinstance(back, GuardResult) and back.status == "identical", back
+
+
+ENGINE_PROBE = """
+import sys, threading
+from llmtop.engine.protocol import Configure, DeviceInfo, GuardResult
+from llmtop.engine.runner import Engine
+seen = []
+Engine(seen.append, threading.Event()).configure(Configure(model="synthetic:tiny", device="cpu"))
+info = next(e for e in seen if isinstance(e, DeviceInfo))
+assert any(isinstance(e, GuardResult) for e in seen)
+print(info.options["backend"]["vllm"]["ok"], sorted(m for m in sys.modules if m.split(".")[0] == "vllm"))
+"""
+
+
+def test_an_hf_engine_never_imports_vllm(tmp_path):
+    """#15.5: importing vLLM switches cuDNN attention off process-wide and sets inductor and
+    NVML variables, so an engine running backend=hf must not import it, even to ask whether
+    backend=vllm is available (the fake vllm is importable here, and counted available)."""
+    import os
+    import subprocess
+
+    (tmp_path / "vllm").symlink_to(FAKE, target_is_directory=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-c", ENGINE_PROBE], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split()[-2:] == ["True", "[]"], p.stdout

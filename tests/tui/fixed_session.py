@@ -15,12 +15,13 @@ from llmtop.profilers.host import HostSample
 from llmtop.profilers.numa import NumaNode, NumaStatus
 from llmtop.profilers.sampler import Tick
 from llmtop.profilers.topology import Link, TopologyMatrix
-from llmtop.engine.protocol import (ConfigApplied, DeviceInfo, EngineEvent, ModelInfo, RunDone, RunStarted,
+from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, ModelInfo, RunDone, RunStarted,
                              Status, Token)
 
 MODEL = ModelInfo(name="SmolLM2-135M-Instruct", params=134515008, weight_bytes=269030016, layers=30,
                   heads=9, kv_heads=3, hidden=576, vocab=49152, dtype="bf16", device="cpu",
-                  synthetic=False, source="/cache/smollm2-135m-instruct-bf16")
+                  synthetic=False, source="/cache/smollm2-135m-instruct-bf16",
+                  kv_bytes_per_token=2 * 30 * 3 * 64 * 2)
 
 CPU_OPTIONS = {
     "attention": {"eager": (True, ""), "sdpa": (True, ""),
@@ -58,8 +59,8 @@ def opts(**changes: str) -> dict[str, str]:
     return {**catalogue.DEFAULTS, **changes}
 
 
-def config(o: dict[str, str]) -> dict:
-    return {"model": "embedded", "device": "cpu", "dtype": "bf16", "opts": o, "tp": 1}
+def config(o: dict[str, str]) -> Configure:
+    return Configure("embedded", "cpu", "bf16", o, 1)
 
 
 def _stamps(start_ns: int, lats: list[float]) -> list[int]:
@@ -81,7 +82,7 @@ def run_events(run_id: int, prompt: str, texts: list[str], lats: list[float], st
         rm = m.run_metrics(start_ns, stamps, 1, 5)
         roof = m.roofline(rm, MODEL.weight_bytes, MODEL.params, 23040, DEVICE.mem_bw_gb_s,
                           DEVICE.peak_tflops)
-        record = {"schema": "llmtop.run/1", "model": asdict(MODEL), "config": config(o),
+        record = {"schema": "llmtop.run/1", "model": asdict(MODEL), "config": asdict(config(o)),
                   "tokens": [[{"index": i, "id": ids[i], "text": x, "t_ns": t}
                               for i, (x, t) in enumerate(zip(texts, stamps))]],
                   "metrics": rm.to_dict(), "roofline": asdict(roof),

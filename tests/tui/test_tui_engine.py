@@ -82,11 +82,11 @@ def test_toggle_reconfigures_and_adds_comparison_rows(engine_client):
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: len(done_runs(app)) >= 1, RUN_TIMEOUT, "a first run")
             await wait_for(pilot, lambda: app.session.device is not None, 30, "DeviceInfo")
-            assert app.session.config["opts"]["attention"] == "sdpa"
+            assert app.session.config.opts["attention"] == "sdpa"
             _choose(app, "attention", "eager")
             await pilot.press("enter")
             assert app.desired.opts["attention"] == "eager"
-            await wait_for(pilot, lambda: app.session.config["opts"]["attention"] == "eager",
+            await wait_for(pilot, lambda: app.session.config.opts["attention"] == "eager",
                            RUN_TIMEOUT, "the engine to switch to eager attention")
             await wait_for(pilot, lambda: len(app.session.rows) >= 2, RUN_TIMEOUT,
                            "a comparison row for attention=eager")

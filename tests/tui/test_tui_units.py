@@ -9,6 +9,8 @@ import math
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import pytest
 
 from llmtop.engine import catalogue
@@ -513,7 +515,7 @@ def test_tp_control_reconfigures_between_runs():
         assert app.desired.tp == 1 and app.pending_changes() == []
         # accepted: the comparison keeps tp=2 runs in their own row
         app.desired.tp = 2
-        app.handle_event(ConfigApplied({**fx.config(fx.opts()), "tp": 2}, "loaded", 1.0))
+        app.handle_event(ConfigApplied(replace(fx.config(fx.opts()), tp=2), "loaded", 1.0))
         app.handle_event(RunStarted(9, ["x"], 5, 1, 16, 1_000))
         assert app.session.current.key.endswith("|tp2|bs1|text")
         assert any(m.kind == "config" and "tp=2" in m.label for m in app.session.markers)

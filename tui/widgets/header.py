@@ -59,7 +59,7 @@ class LlmtopHeader(Widget, Coalesced):
                                     else f"{model.params / 1e9:,.2f} B params"), "", 2))
             parts.append((f" · {model.layers} layers", "", 1))
             parts.append((sep[0] + model.dtype, "", 7))
-            tp = (session.config or {}).get("tp", 1)
+            tp = session.config.tp if session.config else 1
             parts.append((sep[0] + model.device + (f" × tp {tp}" if tp and tp > 1 else ""), "", 7))
             if device is not None:
                 parts.append((f" ({device.name})", "", 3))
@@ -68,7 +68,7 @@ class LlmtopHeader(Widget, Coalesced):
                               v["warning"] if device.threads_note else "", 6))
         else:
             parts.append((f"{app.desired.model} on {app.desired.device}", "bold", 9))
-        opts = (session.config or {}).get("opts", {})
+        opts = session.config.opts if session.config else {}
         if opts:
             parts.append((sep[0] + f"backend {opts.get('backend', 'hf')}", "", 4))
         phase, colour = self.phase_text()

@@ -11,19 +11,10 @@ from textual.containers import VerticalScroll
 from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from llmtop.engine.catalogue import AXES
+from llmtop.engine.catalogue import AXES, HELP
 
 from .base import Coalesced, palette
 from .tp_control import TpControl
-
-AXIS_HELP = {
-    "attention": "attention kernel (transformers attn_implementation / SDPA backend)",
-    "kv": "KV cache",
-    "compile": "torch.compile",
-    "gemm": "GEMM tuning",
-    "dtype": "weights and activations",
-    "backend": "inference library",
-}
 
 WAITING = "waiting for the engine to report what runs on this device"
 
@@ -40,7 +31,7 @@ class OptimizationsPanel(VerticalScroll, Coalesced):
     def compose(self):
         yield Static(id="opt-status")
         for axis, options in AXES.items():
-            yield Label(f"{axis} · {AXIS_HELP[axis]}", classes="axis-label")
+            yield Label(f"{axis} · {HELP[axis]}", classes="axis-label")
             yield OptionList(*[Option(name, id=f"{axis}={name}", disabled=True) for name in options],
                              id=f"opt-{axis}", compact=True)
         yield TpControl(id="tp-control")
@@ -57,7 +48,7 @@ class OptimizationsPanel(VerticalScroll, Coalesced):
         app = self.app
         v = palette(app)
         table = app.session.device.options if app.session.device else None
-        applied = (app.session.config or {}).get("opts", {})
+        applied = app.session.config.opts if app.session.config else {}
         wanted = app.desired.opts
         for axis, options in AXES.items():
             ol = self.query_one(f"#opt-{axis}", OptionList)

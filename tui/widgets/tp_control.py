@@ -83,7 +83,7 @@ class TpControl(Vertical, Coalesced):
             ol.clear_options()
             ol.add_options([Option(str(n), id=f"tp={n}") for n in sizes])
             self._sizes = sizes
-        applied = int((app.session.config or {}).get("tp") or 1)
+        applied = app.session.config.tp if app.session.config else 1
         wanted = app.desired.tp
         for n, ok, reason in choices:
             prompt = Text(no_wrap=False)

@@ -5,8 +5,10 @@ Built to vLLM's public engine API: `EngineArgs(model=, dtype=, tensor_parallel_s
 enforce_eager=, ...)`, `LLMEngine.from_engine_args(args)`, `add_request(request_id,
 TokensPrompt(prompt_token_ids=...), SamplingParams(...))`, `step()` returning `RequestOutput`s
 (`.request_id`, `.outputs[0].token_ids`, `.finished`), `has_unfinished_requests()`,
-`abort_request([ids])`. vLLM is imported only when an engine is made: `import vllm` costs
-seconds and initialises CUDA state.
+`abort_request([ids])`. vLLM is imported only when backend=vllm is configured: `import vllm`
+costs seconds, and on a GPU machine it switches cuDNN attention off process-wide and sets
+inductor and NVML environment variables, which would change what backend=hf measures.
+Availability is read from the package's metadata, without importing it.
 
 Stamps: `Step.t_ns` is `perf_counter_ns()` right after the `step()` that delivered the last
 request's token of that index; `step()` returns only once the token ids are on the host (in
@@ -15,6 +17,8 @@ process, or over vLLM's own IPC when its engine core runs in a separate process)
 
 from __future__ import annotations
 
+import gc
+import importlib.metadata
 import importlib.util
 import itertools
 import multiprocessing
@@ -23,33 +27,64 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .generate import Sampling
-from .paged import PagedStep, StepAssembler
+from .. import spec as specs
+from ..catalogue import OptionError
+from ..generate import Inputs, Sampling, Step
+from ..guard import Trace
+from ..paged import PagedStep, StepAssembler, unpadded_rows
+from .base import Backend, Emit
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def build_platform() -> str | None:
+    """The device type this vLLM build is for, from its version's local label (0.9.1+cpu,
+    0.9.1+rocm634, plain or +cu126 for CUDA), read from the package metadata: no import.
+    None when there is no metadata to read (a source tree, a test fake)."""
+    try:
+        version = importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    label = version.partition("+")[2].lower()
+    for device_type in ("cpu", "rocm", "xpu", "tpu", "neuron", "hpu"):
+        if label.startswith(device_type):
+            return device_type
+    return "cuda"
 
 
 def vllm_available(device: str = "cuda") -> tuple[bool, str]:
     """Whether backend=vllm can run on `device` here, and if not, why (one line).
 
-    vLLM is built for one platform (CUDA, ROCm or CPU): `vllm.platforms.current_platform` says
-    which, and only that device can run it. Looked up only when vLLM is installed.
+    vLLM is built for one platform (CUDA, ROCm or CPU), and only that device can run it. Read
+    without importing vLLM; `check_platform` confirms it when backend=vllm starts.
     """
     if importlib.util.find_spec("vllm") is None:
         return False, "vLLM not installed (pip install vllm)"
-    from vllm.platforms import current_platform
+    return _platform_fits(build_platform(), device)
 
+
+def _platform_fits(platform: str | None, device: str) -> tuple[bool, str]:
     if device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             return False, "vLLM needs a CUDA or ROCm GPU (none visible to torch)"
-        if not (current_platform.is_cuda() or current_platform.is_rocm()):
-            return False, f"this vLLM is built for {current_platform.device_type}, not CUDA/ROCm"
+        if platform not in (None, "cuda", "rocm"):
+            return False, f"this vLLM is built for {platform}, not CUDA/ROCm"
         return True, ""
-    if not current_platform.is_cpu():
-        return False, f"this vLLM is built for {current_platform.device_type}, not the CPU"
+    if platform not in (None, "cpu"):
+        return False, f"this vLLM is built for {platform}, not the CPU"
     return True, ""
+
+
+def check_platform(device: str) -> None:
+    """Raises OptionError when vLLM's own `current_platform` cannot run `device` (imports vLLM:
+    call it only for backend=vllm)."""
+    from vllm.platforms import current_platform
+
+    ok, why = _platform_fits(current_platform.device_type, device)
+    if not ok:
+        raise OptionError(f"backend=vllm is unavailable here: {why}")
 
 
 def model_source(loaded: Any, folder: Path) -> tuple[str, dict[str, Any]]:
@@ -64,7 +99,7 @@ def model_source(loaded: Any, folder: Path) -> tuple[str, dict[str, Any]]:
         return str(folder), {"load_format": "dummy",
                              "skip_tokenizer_init": loaded.tokenizer is None}
     if spec.kind == "embedded":
-        from .models import convert_embedded
+        from ..models import convert_embedded
 
         return str(convert_embedded(lambda *_: None)), {}
     if spec.kind == "gguf":  # vLLM reads the GGUF file, the tokenizer from the folder beside it
@@ -175,3 +210,40 @@ class VllmEngine:
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         self.engine = None
+
+
+class VllmBackend(Backend):
+    """backend=vllm: the loaded transformers model hands its weights' source to vLLM's engine
+    and moves to the meta device (the runner keeps it for the guard's baseline, already traced,
+    and for the model's shape figures), so the device memory is vLLM's."""
+
+    name = "vllm"
+    own_tensor_parallel = True
+
+    def __init__(self, loaded: Any, opts: dict[str, str], emit: Emit, tp: int = 1) -> None:
+        check_platform(loaded.device)
+        source, extra = model_source(
+            loaded, specs.cache_dir() / "vllm" / loaded.spec.name.replace(":", "-"))
+        loaded.model.to("meta")
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.engine = VllmEngine(source, loaded.dtype, tensor_parallel_size=tp, **extra)
+
+    def generate_steps(self, inputs: Inputs, max_new_tokens: int, sampling: Sampling,
+                       eos_ids: set[int], ignore_eos: bool,
+                       should_stop: Callable[[], bool]) -> Iterator[Step]:
+        return self.engine.generate_steps(unpadded_rows(inputs), max_new_tokens, sampling,
+                                          ignore_eos, should_stop, eos_ids)
+
+    def trace(self, inputs: Inputs, tokens: int, forced: Sequence[int] | None = None) -> Trace:
+        """vLLM gives ids, not logits, and takes no forced ids: the guard compares ids up to
+        their first difference."""
+        steps = self.engine.generate_steps(unpadded_rows(inputs), tokens, Sampling(), True,
+                                           lambda: False, set())
+        return Trace([s.ids[0] for s in steps], [])
+
+    def close(self) -> None:
+        self.engine.close()
