@@ -82,19 +82,21 @@ def _load(name: str, dtype: str):
     return models.load(spec.resolve(name), "cpu", dtype, "eager", lambda *_: None)
 
 
-def _trace(loaded, impl: str, static: bool = False, forced=None, backend=None) -> guard.Trace:
-    from contextlib import nullcontext
+def _trace(loaded, attention: str, static: bool = False, forced=None) -> guard.Trace:
+    """The check prompt through the hf backend, as the engine traces it."""
+    from llmtop.engine import generate
+    from llmtop.engine.backends.hf import HfBackend
+    from llmtop.engine.protocol import Generate
 
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from transformers import DynamicCache, StaticCache
-
-    model = loaded.model
-    model.set_attn_implementation(impl)
-    cache = (StaticCache(config=model.config, max_cache_len=256) if static
-             else DynamicCache(config=model.config))
-    with sdpa_kernel([getattr(SDPBackend, backend)]) if backend else nullcontext():
-        return guard.trace(model, loaded.tokenizer, "cpu", cache, 256 if static else 0,
-                           forced=forced)
+    opts = {"attention": attention, "kv": "static" if static else "dynamic", "compile": "off",
+            "gemm": "default"}
+    cfg = loaded.model.config
+    req = Generate(prompt=guard.CHECK_PROMPT if loaded.tokenizer is not None else None,
+                   prompt_len=None if loaded.tokenizer is not None else 16,
+                   max_new_tokens=guard.CHECK_TOKENS)
+    inputs = generate.prepare(req, loaded.tokenizer, cfg.vocab_size,
+                              cfg.max_position_embeddings, "cpu")
+    return HfBackend(loaded, opts, lambda e: None).trace(inputs, guard.CHECK_TOKENS, forced)
 
 
 @pytest.mark.parametrize("name", [pytest.param("embedded", marks=pytest.mark.slow),
@@ -103,7 +105,7 @@ def test_flash_against_eager_in_bf16_is_never_diverged(name):
     """Issue 15: the default's "diverged at token 5, max |dlogit| 0.516" was a bf16 tie."""
     loaded = _load(name, "bf16")
     base = _trace(loaded, "eager")
-    flash = _trace(loaded, "sdpa", forced=base.ids, backend="FLASH_ATTENTION")
+    flash = _trace(loaded, "flash", forced=base.ids)
     r = guard.compare(base, flash)
     assert r.status in ("identical", "equivalent"), r
     assert 0 < r.logit_distance < 2.0   # the kernels differ, by rounding
@@ -117,8 +119,8 @@ def test_flex_with_a_static_cache_in_fp32_reads_diverged():
     # flex itself is right in fp32. Traced first, as the engine test does, it also avoids a C++
     # compile error that torch 2.13's CPU inductor hits when the static cache's block mask is
     # the process's first flex mask (seen here: an engine configured so first would hit it too)
-    assert guard.compare(base, _trace(loaded, "flex_attention", forced=base.ids)).status \
+    assert guard.compare(base, _trace(loaded, "flex", forced=base.ids)).status \
         == "identical"
-    r = guard.compare(base, _trace(loaded, "flex_attention", static=True, forced=base.ids))
+    r = guard.compare(base, _trace(loaded, "flex", static=True, forced=base.ids))
     assert r.status == "diverged" and r.diverged_at == 1, r
     assert r.margin > 10 * r.tolerance and r.logit_distance > 0.1
