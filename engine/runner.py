@@ -95,7 +95,7 @@ class Engine:
         else:
             self.ranks.mirror(cfg)  # followers run this same configure, in lockstep
         previous = self.backend
-        if reload or type(previous) is not cls:
+        if reload or type(previous) is not cls or not previous.takes_in_place(opts):
             with self._heartbeat("loading", f"setting up backend {cls.name}"):
                 self.backend = cls(self.loaded, opts, self.emit, cfg.tp)
         else:

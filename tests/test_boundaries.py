@@ -69,3 +69,16 @@ def test_an_upward_import_breaks_the_layers_contract(tmp_path):
     p = _lint({"LLMTOP_LINT_TREE": str(site / "llmtop")})
     assert p.returncode != 0
     assert "llmtop.engine.upward -> llmtop.cli" in p.stdout
+
+
+def test_every_command_module_sits_in_the_commands_layer():
+    """A module added to llmtop/ is a command: the layers contract must name it, or tui/ and
+    engine/ could import it unseen (the contract is not exhaustive)."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    top = cfg["tool"]["importlinter"]["contracts"][0]["layers"][0]
+    listed = {m.strip() for m in top.split(":")}
+    here = {f"llmtop.{p.stem}" for p in (ROOT / "llmtop").glob("*.py")
+            if p.stem not in ("__init__", "__main__")}
+    assert here <= listed, sorted(here - listed)

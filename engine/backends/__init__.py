@@ -12,6 +12,10 @@ def backend_class(opts: dict[str, str]) -> type[Backend]:
         from .vllm import VllmBackend
 
         return VllmBackend
+    if opts.get("backend", "hf") == "native":
+        from .native import NativeBackend
+
+        return NativeBackend
     from .hf import HfBackend, PagedBackend
 
     return PagedBackend if opts.get("kv") == "paged" else HfBackend

@@ -48,6 +48,11 @@ class Backend(abc.ABC):
     def apply(self, opts: dict[str, str]) -> None:
         """Options that change in place (no rebuild); the optimization units say which."""
 
+    def takes_in_place(self, opts: dict[str, str]) -> bool:
+        """Whether `apply(opts)` can take this configuration without a new backend (beyond
+        what the units' reload flags already rebuild): True unless a backend says otherwise."""
+        return True
+
     def run_info(self) -> dict[str, Any]:
         """Facts of the last run for its record (e.g. KV bytes reserved and used)."""
         return {}

@@ -63,16 +63,24 @@ def attention_for(name: str) -> Callable[..., torch.Tensor]:
     return sdpa
 
 
+# The engine's KV context for backend=native: a static cache reserves max_batch x context x
+# kv_bytes_per_token up front (8 x 4096 x 0.5 MB = 16 GB for Llama-2-7B in bf16); a longer
+# request is refused with one line.
+ENGINE_CONTEXT = 4096
+
+
 class NativeBackend(Backend):
     name = "native"
 
-    def __init__(self, loaded: Any, opts: dict[str, str], emit: Emit, max_batch: int = 8,
-                 context: int | None = None, page_size: int = PAGE_SIZE,
-                 pool_tokens: int | None = None, tp: int | None = None, tp_rank: int = 0,
+    def __init__(self, loaded: Any, opts: dict[str, str], emit: Emit, tp: int | None = None, *,
+                 max_batch: int = 8, context: int | None = ENGINE_CONTEXT,
+                 page_size: int = PAGE_SIZE, pool_tokens: int | None = None, tp_rank: int = 0,
                  graph_batches: list[int] | None = None,
                  compile_mode: str | None = "max-autotune-no-cudagraphs") -> None:
         """`tp` > loaded.tp (a whole model on each rank, tests and CPU): native slices the
-        weights itself; otherwise the loaded model's DTensors already hold this rank's part."""
+        weights itself; otherwise the loaded model's DTensors already hold this rank's part.
+        `context`: the KV positions each request may use (None: the model's whole context);
+        the engine's default caps it so a static cache for `max_batch` requests stays small."""
         self.emit = emit
         self.opts = dict(opts)
         self.max_batch = max_batch
@@ -117,6 +125,11 @@ class NativeBackend(Backend):
     def _event(self, kind: str, detail: str, t_ns: int, ms: float) -> None:
         extra = {"duration_ms": ms} if _TIMED else {}
         self.emit(EngineEvent(kind, detail if _TIMED else f"{detail} ({ms:.0f} ms)", t_ns, **extra))
+
+    def takes_in_place(self, opts: dict[str, str]) -> bool:
+        """Only attention changes in place: the cache and the captured step are built for
+        their kv, compile and gemm settings."""
+        return all(opts.get(a) == self.opts.get(a) for a in ("kv", "compile", "gemm"))
 
     def apply(self, opts: dict[str, str]) -> None:
         """The prefill's attention changes in place (the captured decode step does not use it)."""

@@ -20,12 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..catalogue import OptionError
+
 # rope types whose frequencies change with the sequence length: a fixed table cannot hold them
 DYNAMIC_ROPE = ("dynamic", "longrope")
 
 
-class NativeUnsupported(ValueError):
-    """A model or setting backend=native cannot run; the message is one line."""
+class NativeUnsupported(OptionError):
+    """A model or setting backend=native cannot run; the message is one line (an OptionError,
+    so the engine reports it as a configuration error, like any option that cannot run)."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ AXIS = Axis(
 
 
 def conflicts(opts: dict[str, str]) -> str | None:
+    if opts.get("backend") == "native":   # its own paged cache: flex and compile=full run on it
+        return None
     if opts.get("kv") == "paged" and opts.get("attention") == "flex":
         return ("kv=paged runs transformers' continuous batching, which supports eager, sdpa "
                 "and flash attention, not flex")

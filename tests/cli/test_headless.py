@@ -98,10 +98,12 @@ def test_help_texts_explain_the_options():
         assert flag in p.stdout
 
 
-def test_top_says_why_without_a_gpu():
+def test_top_says_why_without_a_gpu_and_streams_the_host():
+    """Like nvidia-smi dmon, top on a machine without a GPU still streams (issue 17.8)."""
     p = llmtop("top", "--count", "1")
-    assert p.returncode == 1
-    assert p.stdout.startswith("# no GPU backend: NVML")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("# no GPU: NVML") and "host rows only" in p.stdout.splitlines()[0]
+    assert p.stdout.splitlines()[2].split()[1] == "host"
 
 
 def test_unknown_theme_exits_2_with_the_choices():
