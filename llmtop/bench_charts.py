@@ -16,6 +16,8 @@ def title(results: dict[str, Any]) -> str:
     gpus = results.get("gpus") or []
     where = gpus[0]["name"] + (f" x{len(gpus)}" if len(gpus) > 1 else "") if gpus else \
         (results.get("ceilings") or {}).get("device_name") or (results.get("machine") or {}).get("cpu", "?")
+    if model.get("server"):   # bench --endpoint: a running server
+        where = f"{model['server']} at {model['source']}"
     synth = " (synthetic weights)" if model.get("synthetic") else ""
     return f"llmtop bench: {model.get('name', '?')}{synth} on {where}"
 

@@ -12,8 +12,9 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llmtop import checks
+from llmtop import attach_options, checks
 from llmtop.engine import catalogue, spec as specs
+from llmtop.engine.endpoint import BACKEND as ENDPOINT
 from llmtop.profilers import gpu_set
 
 SCHEMA = "llmtop.bench/1"
@@ -73,6 +74,9 @@ class Plan:
     warmup_tokens: int = 16       # new tokens of a warm-up run (all of them for kv=static)
     ignore_eos: bool = True
     seed: int = 0
+    endpoint: str | None = None   # bench --endpoint: the server's base URL (llmtop.bench_endpoint)
+    api: str | None = None        # the API it speaks, as detected or given
+    prompt: str = ""              # the text an endpoint sweep sends (its tokens are the server's)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,12 @@ class PointSpec:
 
 def point_key(config: str, tp: int, prompt_len: int, new_tokens: int, batch: int) -> str:
     return f"{config}|tp{tp}|p{prompt_len}|n{new_tokens}|b{batch}"
+
+
+def endpoint_key(new_tokens: int, batch: int) -> str:
+    """An endpoint point's key: its prompt is the plan's text, whose token count the server
+    gives only once the point is measured, so the key leaves it out (and --resume finds it)."""
+    return f"{ENDPOINT}|tp1|n{new_tokens}|b{batch}"
 
 
 def full_opts(overrides: dict[str, str], dtype: str) -> dict[str, str]:
@@ -299,6 +309,13 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=None,
                    help="always generate every new token (default: on)")
     s.add_argument("--seed", type=int, default=None)
+    e = p.add_argument_group("a running server instead of llmtop's engine")
+    e.add_argument("--endpoint", metavar="URL", default=None,
+                   help="measure this server (vLLM, SGLang, TGI, llama.cpp, transformers serve): "
+                        "a point's batch = that many concurrent streamed requests (default 1,2,4,8; "
+                        f"{DEFAULT_NEW_TOKENS} new tokens)")
+    e.add_argument("--prompt", default=None, help="with --endpoint: the prompt text (default: llmtop's)")
+    attach_options.add_endpoint_options(p)
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",
                    help="where points.jsonl and the reports go (default: ./bench-DATE-TIME)")
