@@ -3,7 +3,7 @@
 Everything is built from the sweep's points.jsonl (llmtop.bench) by `build_results`, so a
 report can be rebuilt at any time (`llmtop bench --out DIR --report-only`), including from an
 interrupted sweep. The study's two charts: prefill latency (TTFT) vs batch and decode latency
-(TPOT) vs batch, one line per configuration. PNG needs matplotlib (`pip install llmtop[plots]`);
+(TPOT) vs batch, one line per configuration. PNG needs matplotlib (`pip install 'llmtop-profiler[plots]'`);
 the terminal charts use plotext. Neither is needed for the numbers.
 """
 
