@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from llmtop.bench_plan import (POINTS_FILE, BenchError, Plan, add_bench_options, batches_for,
                                plan_from_args)
@@ -24,11 +24,14 @@ from llmtop.bench_points import resummarize
 from llmtop.bench_store import read_lines, saved_plan
 from llmtop.bench_sweep import msg, run_sweep
 
+if TYPE_CHECKING:   # the HTTP client is imported only by a sweep that uses it
+    from llmtop.engine.endpoint.stream import Server
+
 __all__ = ["add_bench_options", "main"]
 
 
 def _prepare(args: argparse.Namespace, err: TextIO
-             ) -> tuple[Path, list[dict[str, Any]], Plan | None, Any]:
+             ) -> tuple[Path, list[dict[str, Any]], Plan | None, Server | None]:
     """The sweep's folder, what it holds, the plan (None for --report-only) and, with
     --endpoint, the server it measures (None for llmtop's engine)."""
     if (args.resume or args.report_only) and not args.out:

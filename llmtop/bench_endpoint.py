@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from llmtop import attach
 from llmtop.bench_plan import (DEFAULT_BATCHES, DEFAULT_NEW_TOKENS, ENDPOINT, POINTS_FILE,
-                               SCHEMA, BenchError, Plan, PointSpec, _int_list, _runs,
+                               SCHEMA, BenchError, Plan, PointSpec, int_list, run_options,
                                endpoint_key)
 from llmtop.bench_points import point_line
 from llmtop.bench_store import PointStore, done_keys
@@ -62,12 +62,12 @@ def connect(args: argparse.Namespace, saved: Plan | None) -> tuple[Plan, Server]
                              f"--prompt (or use another --out)")
         plan.prompt = args.prompt
     if args.batch is not None:
-        plan.batches = _int_list(args.batch, "--batch")
+        plan.batches = int_list(args.batch, "--batch")
     if args.max_new_tokens is not None:
-        plan.new_tokens = _int_list(args.max_new_tokens, "--max-new-tokens")
+        plan.new_tokens = int_list(args.max_new_tokens, "--max-new-tokens")
     if not saved and args.ignore_eos is None:
         plan.ignore_eos = server.api != "tgi"   # TGI's /generate_stream cannot be asked
-    _runs(plan, args)
+    run_options(plan, args)
     if plan.ignore_eos and server.api == "tgi":
         raise BenchError("TGI's /generate_stream has no ignore_eos: add --no-ignore-eos")
     return plan, server
@@ -90,7 +90,7 @@ def describe(plan: Plan, server: Server) -> str:
 def run_sweep(plan: Plan, server: Server, out: Path, records_: list[dict[str, Any]],
               err: TextIO, args: argparse.Namespace) -> int:
     """Measures every point of `plan` not already final in `records_`; returns the exit code."""
-    from llmtop.bench_sweep import _ignore_sigint, msg
+    from llmtop.bench_sweep import ignore_sigint, msg
 
     done = done_keys(records_)
     todo = [(n, b) for n in plan.new_tokens for b in plan.batches or []
@@ -119,7 +119,7 @@ def run_sweep(plan: Plan, server: Server, out: Path, records_: list[dict[str, An
             msg(err, f"[{i}/{len(todo)}] {spec.label()}: {text}  "
                      f"(elapsed {time.monotonic() - t0:.0f}s)")
     except KeyboardInterrupt:
-        _ignore_sigint()   # `timeout -s INT` signals the group too: the reports still get written
+        ignore_sigint()   # `timeout -s INT` signals the group too: the reports still get written
         msg(err, f"llmtop bench: interrupted; what was measured is in {out / POINTS_FILE}; "
                  f"continue with: llmtop bench --out {out} --resume")
         return 130

