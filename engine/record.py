@@ -13,13 +13,15 @@ import platform
 import socket
 from typing import Any
 
+from llmtop import __version__
+
 SCHEMA = "llmtop.run/1"
 
 
 def versions(probe_torch: bool = True) -> dict[str, str]:
     """Installed versions; `probe_torch=False` (a torch-free client) skips torch's CUDA/HIP."""
-    out = {"python": platform.python_version()}
-    for dist in ("llmtop", "torch", "transformers", "accelerate", "triton", "vllm", "flash-attn"):
+    out = {"python": platform.python_version(), "llmtop": __version__}
+    for dist in ("torch", "transformers", "accelerate", "triton", "vllm", "flash-attn"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

@@ -129,6 +129,8 @@ def bench_runs(server: Server, req: Request, batch: int, repeat: int, warmup: in
     runs: list[dict[str, Any]] = []
     for i in range(warmup + repeat):
         rec, errors = measure(server, req, batch, api_key_env=api_key_env, timeout_s=timeout_s)
+        if errors and all(e.kind == "stopped" for e in errors):
+            raise KeyboardInterrupt   # Ctrl-C: the sweep stops; this point's cut runs are not kept
         if errors or rec is None:
             return runs, str(errors[0]) if errors else "no token arrived"
         if i >= warmup:
@@ -141,23 +143,32 @@ def bench_point(server: Server, req: Request, batch: int, repeat: int = 3, warmu
                 ) -> dict[str, Any]:
     """One point of `llmtop bench --endpoint URL` in bench's points.jsonl shape: config
     "endpoint", batch = concurrent requests, bench's own compact runs and summary figures."""
-    from llmtop.bench import compact_run, point_key, summarize   # bench's shapes, one place
+    from llmtop.bench_plan import endpoint_key   # bench's shapes, one place
+    from llmtop.bench_points import compact_run, summarize
 
     runs, error = bench_runs(server, req, batch, repeat, warmup, api_key_env, timeout_s)
     prompt_len = int(runs[0]["metrics"]["prompt_tokens"]) if runs else 0
     point: dict[str, Any] = {
-        "type": "point", "key": point_key(build.BACKEND, 1, prompt_len, req.max_new_tokens, batch),
+        "type": "point", "key": endpoint_key(req.max_new_tokens, batch),
         "config": build.BACKEND, "tp": 1, "prompt_len": prompt_len,
         "new_tokens": req.max_new_tokens, "batch": batch, "opts": {"backend": build.BACKEND},
         "model": server.model, "device": server.url, "repeat": repeat, "warmup": warmup,
         "unix": time.time(), "status": "error" if error else "ok", "error": error,
         "endpoint": {"url": server.url, "api": server.api, "server": server.kind},
-        "runs": [] if error else [compact_run(r, {}, []) for r in runs],
+        "runs": [] if error else [_without_stalls(compact_run(r, {}, [])) for r in runs],
     }
     if not error:
         point["serving"] = [r["serving"] for r in runs]
         point.update(summarize(point["runs"], batch, prompt_len, None))
     return point
+
+
+def _without_stalls(run: dict[str, Any]) -> dict[str, Any]:
+    """A server's stalls are not marked (only llmtop's engine marks its own), so its points
+    claim no steady TPOT and no stall count."""
+    from llmtop.bench_points import STALL_FIELDS
+
+    return {k: v for k, v in run.items() if k not in STALL_FIELDS}
 
 
 # ---- the headless command -------------------------------------------------------------------

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from llmtop.bench_plan import (POINTS_FILE, BenchError, Plan, add_bench_options, batches_for,
                                plan_from_args)
@@ -24,11 +24,16 @@ from llmtop.bench_points import resummarize
 from llmtop.bench_store import read_lines, saved_plan
 from llmtop.bench_sweep import msg, run_sweep
 
+if TYPE_CHECKING:   # the HTTP client is imported only by a sweep that uses it
+    from llmtop.engine.endpoint.stream import Server
+
 __all__ = ["add_bench_options", "main"]
 
 
-def _prepare(args: argparse.Namespace, err: TextIO) -> tuple[Path, list[dict[str, Any]], Plan | None]:
-    """The sweep's folder, what it holds, and the plan (None for --report-only)."""
+def _prepare(args: argparse.Namespace, err: TextIO
+             ) -> tuple[Path, list[dict[str, Any]], Plan | None, Server | None]:
+    """The sweep's folder, what it holds, the plan (None for --report-only) and, with
+    --endpoint, the server it measures (None for llmtop's engine)."""
     if (args.resume or args.report_only) and not args.out:
         raise BenchError("--resume and --report-only need --out DIR (the sweep's folder)")
     folder = Path(args.out or time.strftime("bench-%Y%m%d-%H%M%S"))
@@ -41,14 +46,21 @@ def _prepare(args: argparse.Namespace, err: TextIO) -> tuple[Path, list[dict[str
     if args.report_only:
         if not any(r["type"] == "point" for r in records):
             raise BenchError(f"{points_path} holds no measured point")
-        return folder, records, None
+        return folder, records, None, None
     if records and not args.resume:
         raise BenchError(f"{folder} already holds a sweep: add --resume to continue it, "
                          f"or choose another --out")
     if args.resume and not records:
         where = "does not exist" if not folder.exists() else f"holds no sweep ({POINTS_FILE} is missing or empty)"
         raise BenchError(f"nothing to resume: {folder} {where}; start a sweep there without --resume")
-    plan = plan_from_args(args, saved_plan(records) if args.resume else None)
+    saved = saved_plan(records) if args.resume else None
+    server = None
+    if args.endpoint or (saved and saved.endpoint):
+        from llmtop import bench_endpoint
+
+        plan, server = bench_endpoint.connect(args, saved)
+    else:
+        plan = plan_from_args(args, saved)
     if args.stall_timeout <= 0:
         raise BenchError("--stall-timeout must be positive")
     try:   # before anything is measured: a sweep must have somewhere to keep its points
@@ -56,7 +68,7 @@ def _prepare(args: argparse.Namespace, err: TextIO) -> tuple[Path, list[dict[str
         (folder / POINTS_FILE).open("a").close()
     except OSError as e:
         raise BenchError(f"--out {folder}: cannot write there ({e.strerror or e})") from None
-    return folder, records, plan
+    return folder, records, plan, server
 
 
 def describe(plan: Plan, device: str) -> str:
@@ -81,18 +93,26 @@ def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        folder, records, plan = _prepare(args, err)
+        folder, records, plan, server = _prepare(args, err)
         if plan is None:
             return _report(folder, records, out, args.no_plots)
-        from llmtop import checks
+        if server is not None:
+            from llmtop import bench_endpoint
 
-        msg(err, describe(plan, checks.device(plan.device, max(plan.tps))))
+            msg(err, bench_endpoint.describe(plan, server))
+        else:
+            from llmtop import checks
+
+            msg(err, describe(plan, checks.device(plan.device, max(plan.tps))))
     except BenchError as e:
         print(f"llmtop: {e}", file=err)
         return 2
     handler = signal.getsignal(signal.SIGINT)
     try:
-        code = run_sweep(plan, folder, records, err, args.stall_timeout, not args.no_telemetry)
+        if server is not None:
+            code = bench_endpoint.run_sweep(plan, server, folder, records, err, args)
+        else:
+            code = run_sweep(plan, folder, records, err, args.stall_timeout, not args.no_telemetry)
         records, _ = read_lines(folder / POINTS_FILE)
         if any(r["type"] == "point" for r in records):
             _report(folder, records, out, args.no_plots)

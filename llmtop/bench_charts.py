@@ -1,12 +1,14 @@
 """The study's two charts of a sweep, prefill latency (TTFT) and decode latency (TPOT) against
 batch size, one line per configuration: in the terminal (plotext) and as PNG (matplotlib,
-`pip install llmtop[plots]`). Neither library is needed for the numbers.
+`pip install 'llmtop-profiler[plots]'`). Neither library is needed for the numbers.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from llmtop import DISTRIBUTION
 
 MARKERS = ["*", "x", "+", "o", "#", "@", "%", "&", "$", "="]
 
@@ -16,6 +18,8 @@ def title(results: dict[str, Any]) -> str:
     gpus = results.get("gpus") or []
     where = gpus[0]["name"] + (f" x{len(gpus)}" if len(gpus) > 1 else "") if gpus else \
         (results.get("ceilings") or {}).get("device_name") or (results.get("machine") or {}).get("cpu", "?")
+    if model.get("server"):   # bench --endpoint: a running server
+        where = f"{model['server']} at {model['source']}"
     synth = " (synthetic weights)" if model.get("synthetic") else ""
     return f"llmtop bench: {model.get('name', '?')}{synth} on {where}"
 
@@ -86,6 +90,9 @@ def terminal_charts(results: dict[str, Any], width: int = 78, height: int = 18,
     return out
 
 
+PLOTS_HINT = f"pip install '{DISTRIBUTION}[plots]'"
+
+
 def png_charts(results: dict[str, Any], folder: Path) -> tuple[list[Path], str | None]:
     """The two charts per group as PNG files; ([], why) without matplotlib."""
     try:
@@ -94,7 +101,7 @@ def png_charts(results: dict[str, Any], folder: Path) -> tuple[list[Path], str |
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return [], "PNG charts need matplotlib: pip install 'llmtop[plots]'"
+        return [], f"PNG charts need matplotlib: {PLOTS_HINT}"
     sets = groups(results)
     paths = []
     for group, points in sets:

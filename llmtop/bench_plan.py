@@ -12,8 +12,9 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llmtop import checks
+from llmtop import attach_options, checks
 from llmtop.engine import catalogue, spec as specs
+from llmtop.engine.endpoint import BACKEND as ENDPOINT
 from llmtop.profilers import gpu_set
 
 SCHEMA = "llmtop.bench/1"
@@ -73,6 +74,9 @@ class Plan:
     warmup_tokens: int = 16       # new tokens of a warm-up run (all of them for kv=static)
     ignore_eos: bool = True
     seed: int = 0
+    endpoint: str | None = None   # bench --endpoint: the server's base URL (llmtop.bench_endpoint)
+    api: str | None = None        # the API it speaks, as detected or given
+    prompt: str = ""              # the text an endpoint sweep sends (its tokens are the server's)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,12 @@ def point_key(config: str, tp: int, prompt_len: int, new_tokens: int, batch: int
     return f"{config}|tp{tp}|p{prompt_len}|n{new_tokens}|b{batch}"
 
 
+def endpoint_key(new_tokens: int, batch: int) -> str:
+    """An endpoint point's key: its prompt is the plan's text, whose token count the server
+    gives only once the point is measured, so the key leaves it out (and --resume finds it)."""
+    return f"{ENDPOINT}|tp1|n{new_tokens}|b{batch}"
+
+
 def full_opts(overrides: dict[str, str], dtype: str) -> dict[str, str]:
     """A configuration's every axis: defaults, then the baseline, then its own options."""
     opts = {**catalogue.DEFAULTS, **catalogue.PRESETS["baseline"], **overrides}
@@ -103,7 +113,7 @@ def full_opts(overrides: dict[str, str], dtype: str) -> dict[str, str]:
     return opts
 
 
-def _int_list(text: str, flag: str) -> list[int]:
+def int_list(text: str, flag: str) -> list[int]:
     try:
         values = [int(v) for v in str(text).replace(" ", "").split(",") if v]
     except ValueError:
@@ -175,7 +185,7 @@ def plan_from_args(args: argparse.Namespace, saved: Plan | None = None) -> Plan:
     if plan.dtype not in catalogue.AXES["dtype"]:
         raise BenchError(f"unknown dtype {plan.dtype!r}")
     if args.tp is not None:
-        plan.tps = _int_list(args.tp, "--tp")
+        plan.tps = int_list(args.tp, "--tp")
     try:
         device = checks.device(plan.device, max(plan.tps))
     except checks.CheckError as e:
@@ -184,7 +194,7 @@ def plan_from_args(args: argparse.Namespace, saved: Plan | None = None) -> Plan:
     if not saved and not device.startswith("cuda"):
         plan.batches, plan.prompt_lens, plan.new_tokens = CPU_BATCHES, [CPU_PROMPT_LEN], [CPU_NEW_TOKENS]
     _sizes(plan, args)
-    _runs(plan, args)
+    run_options(plan, args)
     return plan
 
 
@@ -209,11 +219,11 @@ def _configs(plan: Plan, args: argparse.Namespace, saved: Plan | None, device: s
 def _sizes(plan: Plan, args: argparse.Namespace) -> None:
     """Batches, prompt lengths, new tokens and the GPUs of the tensor-parallel ranks."""
     if args.batch is not None:
-        plan.batches = _int_list(args.batch, "--batch")
+        plan.batches = int_list(args.batch, "--batch")
     if args.prompt_len is not None:
-        plan.prompt_lens = _int_list(args.prompt_len, "--prompt-len")
+        plan.prompt_lens = int_list(args.prompt_len, "--prompt-len")
     if args.max_new_tokens is not None:
-        plan.new_tokens = _int_list(args.max_new_tokens, "--max-new-tokens")
+        plan.new_tokens = int_list(args.max_new_tokens, "--max-new-tokens")
     try:
         for p in plan.prompt_lens:
             checks.prompt_fits(plan.model, p, None, max(plan.new_tokens))
@@ -233,7 +243,7 @@ def _sizes(plan: Plan, args: argparse.Namespace) -> None:
                          f"{max(plan.tps)}: a tp=k point runs on the first k named")
 
 
-def _runs(plan: Plan, args: argparse.Namespace) -> None:
+def run_options(plan: Plan, args: argparse.Namespace) -> None:
     """Repeats, warm-ups and the request's fixed settings."""
     if args.repeat is not None:
         if args.repeat < 1:
@@ -299,6 +309,13 @@ def add_bench_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=None,
                    help="always generate every new token (default: on)")
     s.add_argument("--seed", type=int, default=None)
+    e = p.add_argument_group("a running server instead of llmtop's engine")
+    e.add_argument("--endpoint", metavar="URL", default=None,
+                   help="measure this server (vLLM, SGLang, TGI, llama.cpp, transformers serve): "
+                        "a point's batch = that many concurrent streamed requests (default 1,2,4,8; "
+                        f"{DEFAULT_NEW_TOKENS} new tokens)")
+    e.add_argument("--prompt", default=None, help="with --endpoint: the prompt text (default: llmtop's)")
+    attach_options.add_endpoint_options(p)
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, metavar="DIR",
                    help="where points.jsonl and the reports go (default: ./bench-DATE-TIME)")

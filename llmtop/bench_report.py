@@ -3,7 +3,7 @@
 Everything is built from the sweep's points.jsonl (llmtop.bench) by `build_results`, so a
 report can be rebuilt at any time (`llmtop bench --out DIR --report-only`), including from an
 interrupted sweep. The study's two charts: prefill latency (TTFT) vs batch and decode latency
-(TPOT) vs batch, one line per configuration. PNG needs matplotlib (`pip install llmtop[plots]`);
+(TPOT) vs batch, one line per configuration. PNG needs matplotlib (`pip install 'llmtop-profiler[plots]'`);
 the terminal charts use plotext. Neither is needed for the numbers.
 """
 
@@ -97,6 +97,7 @@ def build_results(records: list[dict[str, Any]]) -> dict[str, Any]:
         "ceilings": meta.get("ceilings"),
         "kv_bytes_per_token": meta.get("kv_bytes_per_token"),
         "device_info": meta.get("device_info"),
+        "endpoint": meta.get("endpoint"),   # bench --endpoint: the server measured
         "telemetry": {**(meta.get("telemetry") or {"available": False, "reason": "not recorded"}),
                       **_telemetry_totals(points)},
         "baseline": baseline,
@@ -294,16 +295,22 @@ def markdown(results: dict[str, Any], pngs: list[Path], png_note: str | None) ->
         f"- machine: {machine.get('hostname', '?')}, {machine.get('platform', '?')}, "
         f"{machine.get('cpu_count', '?')} CPUs",
         "- GPU: " + (", ".join(f"{g['name']} ({g.get('memory_bytes', 0) / 2**30:.0f} GiB)" for g in gpus)
-                     if gpus else "none (CPU run)") + (f"; driver: {machine['driver']}" if machine.get("driver") else ""),
+                     if gpus else "the server's (not sampled)" if results.get("endpoint") else
+                     "none (CPU run)") + (f"; driver: {machine['driver']}" if machine.get("driver") else ""),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
         f"- model: {model.get('name', '?')}" + (" (synthetic weights: real shapes and timings, "
                                                   "meaningless text)" if model.get("synthetic") else "")
         + (f", {model['params'] / 1e9:.2f} B params, {model['weight_bytes'] / 1e9:.2f} GB of weights, "
            f"{model.get('dtype')} on {model.get('device')}" if model.get("params") else ""),
-        f"- sweep: prompt {plan.get('prompt_lens')}, batch {sorted({p['batch'] for p in points})}, "
+        f"- sweep: prompt {plan.get('prompt_lens') or _prompts(points)}, batch {sorted({p['batch'] for p in points})}, "
         f"new tokens {plan.get('new_tokens')}, tp {plan.get('tps')}, {plan.get('warmup')} warm-up + "
         f"{plan.get('repeat')} measured runs per point, ignore_eos={plan.get('ignore_eos')}",
     ]
+    end = results.get("endpoint")
+    if end:
+        lines.append(f"- server: {end['server']} at {end['url']} (api {end['api']}); prompt "
+                     f"{plan.get('prompt')!r}; a batch is that many concurrent streamed requests; "
+                     f"stamps: {end['stamps']}")
     if ceil:
         lines.append(f"- measured ceilings: memory {ceil.get('mem_bw_gb_s', 0):.0f} GB/s, matmul "
                      f"{ceil.get('peak_tflops', 0):.1f} TFLOP/s ({ceil.get('dtype', '')}); roofline: decode "
@@ -342,6 +349,11 @@ def markdown(results: dict[str, Any], pngs: list[Path], png_note: str | None) ->
     lines += _tp_section(results, points)
     lines += _chart_section(results, pngs, png_note)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _prompts(points: list[dict[str, Any]]) -> str:
+    """An endpoint sweep's prompt lengths: the server's token counts of its text prompt."""
+    return f"{sorted({p['prompt_len'] for p in points if p['status'] == 'ok'})} (tokens, the server's count)"
 
 
 def _chart_section(results: dict[str, Any], pngs: list[Path], png_note: str | None) -> list[str]:

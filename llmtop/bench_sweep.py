@@ -131,7 +131,7 @@ def run_sweep(plan: Plan, out: Path, records: list[dict[str, Any]], err: TextIO,
         interrupted = True
         # `timeout -s INT` signals the process and then its group: a second SIGINT must not
         # cut the clean-up short (the engine's shutdown, the reports); main() restores it
-        _ignore_sigint()
+        ignore_sigint()
     finally:
         sweep.close()
     if interrupted:
@@ -348,7 +348,7 @@ def applied(session: EngineSession) -> dict[str, Any]:
     return dict(cfg or {})
 
 
-def _ignore_sigint() -> None:
+def ignore_sigint() -> None:
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:   # not the main thread

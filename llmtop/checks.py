@@ -35,7 +35,8 @@ def torch_build() -> tuple[str, str]:
     """("cuda" | "hip" | "cpu", torch version) of the installed torch, without importing it."""
     found = importlib.util.find_spec("torch")
     if found is None or not found.submodule_search_locations:
-        raise CheckError("torch is not installed: run ./scripts/setup.sh (or pip install torch)")
+        raise CheckError("torch is not installed: run ./scripts/setup.sh, or install the torch "
+                         "build for this machine (CPU, CUDA or ROCm: README, Install)")
     values: dict[str, Any] = {}
     for folder in found.submodule_search_locations:
         path = Path(folder) / "version.py"

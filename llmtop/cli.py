@@ -134,6 +134,8 @@ BENCH_EPILOG = """examples:
   llmtop bench --opt attention=flash --opt compile=layers --config 'static:kv=static,compile=full'
   llmtop bench --out h100 --resume                                      continue an interrupted sweep
   llmtop bench --out h100 --report-only                                 rebuild the reports
+  llmtop bench --endpoint http://127.0.0.1:8000 --batch 1,2,4,8 --out srv  a running server:
+                                            batch = concurrent streamed requests
 """
 
 

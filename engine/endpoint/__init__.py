@@ -7,3 +7,4 @@ keep the engine run's schema (engine/record.py) with `backend=endpoint`. Imports
 
 APIS = ("openai", "tgi")              # --api: OpenAI-compatible streaming, TGI's /generate_stream
 SLO_KEYS = ("ttft", "tpot", "e2el")   # --slo keys, per-request limits in ms (vLLM's --goodput)
+BACKEND = "endpoint"            # the records' backend, bench's configuration name

@@ -19,10 +19,10 @@ from dataclasses import asdict
 from typing import Any
 
 from llmtop.engine import record as records
+from llmtop.engine.endpoint import BACKEND
 from llmtop.engine.endpoint.stream import Request, Server, Trace
 from llmtop.engine.metrics import RunMetrics, Summary, run_metrics
 
-BACKEND = "endpoint"
 STAMPS = ("arrival of each streamed chunk at this client (perf_counter_ns): includes the "
           "network and the server's streaming interval")
 
@@ -83,6 +83,7 @@ def aggregate(per: list[RunMetrics], duration_ms: float) -> RunMetrics:
     return RunMetrics(
         n_tokens=total // k, batch=k, prompt_tokens=prompt, ttft_ms=ttft, tpot_ms=tpot,
         e2e_ms=sum(m.e2e_ms for m in per) / k, itl_ms=itl, itl=Summary.of(itl),
+        tpot_steady_ms=sum(m.tpot_steady_ms for m in per) / k,   # = TPOT: no stall is marked
         tokens_per_s=total / (duration_ms / 1e3) if duration_ms > 0 else float("nan"),
         decode_tokens_per_s=k / (tpot / 1e3) if tpot > 0 else float("nan"),
         prefill_tokens_per_s=k * prompt / (ttft / 1e3) if ttft > 0 else float("nan"))
