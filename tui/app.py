@@ -355,7 +355,7 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
 
     def action_focus_prompt(self) -> None:
         self.action_show_tab("run")
-        self.call_after_refresh(lambda: self.query_one("#set-prompt", Input).focus())
+        self.call_after_refresh(self.screen_stack[0].query_one("#set-prompt", Input).focus)
 
     def action_leave_input(self) -> None:
         if isinstance(self.focused, Input):
@@ -369,7 +369,7 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
         screen = self.screen_stack[0]
         if name == "metrics" and screen.has_class("-stacked"):
             name = "metrics-stacked"
-        screen.maximize(screen.query_one(f"#{name}"), container=False)
+        screen.maximized = screen.query_one(f"#{name}")   # any panel, scrollable or not
 
     def action_toggle_pause(self) -> None:
         self.model.toggle_pause()
@@ -394,10 +394,7 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
                                        "The session file keeps every record."), answer)
 
     def action_baseline(self) -> None:
-        table = self.screen_stack[0].query_one(ComparisonTable)
-        if self.focused is table and table.row_count:
-            table.action_baseline()
-            return
+        """b: the current configuration's row becomes ★ (Enter on a row picks that row)."""
         run = self.session.current_or_last()
         if run is None or run.key not in self.session.rows:
             self.notify("no finished run of this configuration yet", severity="warning", timeout=3)
