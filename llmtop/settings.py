@@ -11,6 +11,7 @@ import argparse
 from llmtop.engine import catalogue, spec, threads
 from llmtop.profilers import gpu_set
 from llmtop.engine.protocol import Configure, Generate
+from llmtop.tui.requests import wants_chat
 
 DEFAULT_PROMPT = "The largest continent is"
 
@@ -52,7 +53,7 @@ def generate_from_args(args: argparse.Namespace, run_id: int = 1) -> Generate:
     prompt = args.prompt if args.prompt is not None else (
         None if args.prompt_len is not None else DEFAULT_PROMPT)
     messages = None
-    if args.chat and prompt is not None:
+    if prompt is not None and wants_chat(args.model, args.chat, getattr(args, "raw", False)):
         messages, prompt = [{"role": "user", "content": prompt}], None
     return Generate(run_id=run_id, prompt=prompt, messages=messages, prompt_len=args.prompt_len,
                     batch=args.batch, max_new_tokens=args.max_new_tokens, sample=args.sample,
