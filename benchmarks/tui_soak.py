@@ -66,10 +66,14 @@ def resize(name: str, w: int, h: int) -> None:
     tmux("resize-window", "-t", name, "-x", str(w), "-y", str(h))
 
 
-def script(name: str, failing: list[str]) -> list[tuple[str, object]]:
-    """The actions, cycled: (what, how)."""
+def script(name: str, failing: list[str]) -> tuple[list, list]:
+    """(once, cycled): the actions run once (the failing option, a compile and its cancel)
+    and those cycled until the end, as (what, how)."""
     opt = lambda axis, value: (f"{axis}={value}", lambda: palette(name, f"Optimization: {axis} = {value}"))  # noqa: E731
-    steps = [
+    once = [opt(*pair.split("=", 1)) for pair in failing]
+    once += [opt("compile", "layers"), ("cancel", lambda: keys(name, "x"))]
+    once += [opt(*pair.split("=", 1)) for pair in ("attention=sdpa", "kv=dynamic", "compile=off")]
+    cycled = [
         opt("attention", "eager"), ("prompt", lambda: prompt(name, "What is the capital of France?")),
         opt("attention", "sdpa"), ("resize 100x30", lambda: resize(name, 100, 30)),
         opt("kv", "static"), ("theme", lambda: keys(name, "t")),
@@ -82,12 +86,9 @@ def script(name: str, failing: list[str]) -> list[tuple[str, object]]:
         ("tp=2", lambda: palette(name, "Tensor parallel: tp = 2")),   # 9 heads: refused
         opt("attention", "sdpa"), ("prompt", lambda: prompt(name, "Name three primary colors.")),
         ("maximise plot", lambda: keys(name, "2")), ("restore", lambda: keys(name, "Escape")),
-        opt("compile", "layers"), ("cancel", lambda: keys(name, "x")),
         ("theme", lambda: keys(name, "t")),
     ]
-    fail = [opt(*pair.split("=", 1)) for pair in failing]
-    return steps[:6] + fail + steps[6:] + [opt(*pair.split("=", 1)) for pair in
-                                            ("attention=sdpa", "kv=dynamic", "compile=off")]
+    return once, cycled
 
 
 def rss_mb(proc: psutil.Process | None) -> float | None:
@@ -155,7 +156,8 @@ def main() -> int:
         while ui is None and time.monotonic() - t0 < 60:
             time.sleep(1)
             ui = find_ui(name)
-        steps = script(name, failing)
+        once, cycled = script(name, failing)
+        steps = cycled[:4] + once + cycled[4:]
         i, next_sample, next_action = 0, t0, t0 + 60   # a minute to start before the first key
         end = t0 + args.minutes * 60
         while time.monotonic() < end:
@@ -166,7 +168,7 @@ def main() -> int:
                 print(json.dumps(samples[-1]), flush=True)
                 next_sample += 60
             if now >= next_action:
-                what, do = steps[i % len(steps)]
+                what, do = steps[i] if i < len(steps) else cycled[(i - len(steps)) % len(cycled)]
                 do()
                 print(f"  {(now - t0) / 60:5.1f} min: {what}", flush=True)
                 i += 1

@@ -25,7 +25,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.geometry import Size
 from textual.reactive import var
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
+from textual.widgets import Input, Static, TabbedContent, TabPane
 
 from llmtop.engine.protocol import Configure, Generate
 from llmtop.engine.session_log import SessionWriter
@@ -42,6 +42,7 @@ from .screens.help import HelpScreen
 from .screens.profile import ProfileScreen
 from .widgets.axis_list import AxisList
 from .widgets.comparison import ComparisonTable
+from .widgets.footer import KeyFooter
 from .widgets.gpu_panel import GpuPanel
 from .widgets.header import LlmtopHeader
 from .widgets.host_panel import HostPanel
@@ -81,7 +82,7 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
     TITLE = "llmtop"
     ENABLE_COMMAND_PALETTE = True
     MAXIMIZABLE = ("tokens", "plot", "metrics", "comparison", "tabs")
-    ALLOW_IN_MAXIMIZED_VIEW = "Footer, LlmtopHeader"
+    ALLOW_IN_MAXIMIZED_VIEW = "KeyFooter, LlmtopHeader"
     BINDINGS = [
         Binding("q", "quit", "Quit", tooltip="quit: closes the engine, no process is left behind"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True,
@@ -268,7 +269,7 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
                             numa = NumaPanel(id="numa-panel")
                             numa.watches = ("numa",)
                             yield numa
-        yield Footer()
+        yield KeyFooter(id="footer")
 
     def on_mount(self) -> None:
         for problem in self._theme_problems:

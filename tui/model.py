@@ -333,9 +333,15 @@ class DashboardModel:
         if not self.engine_up or self.busy or self.error:
             return
         if self.config_needed() and not self.conflict():
-            why = self.failed.get(config_id(self.desired))
-            if why is not None:   # never retried on its own (the user chose again to retry)
-                return
+            if config_id(self.desired) in self.failed:
+                # never retried on its own (choosing it again retries): what worked runs on
+                back = self.working or self.applied
+                if back is None or config_id(back) in self.failed:
+                    return
+                self.desired = copy_config(back)
+                self.port.changed("config")
+                if not self.config_needed():
+                    return self.step()
             if needs_fresh_engine(self._applied_dict(), self.desired):
                 self.port.notify("a new tensor-parallel group starts a new engine process", timeout=3)
                 self.port.fresh_engine()
@@ -418,7 +424,9 @@ class DashboardModel:
             self._on_status(ev)
         elif isinstance(ev, RunStarted):
             req = self.inflight if isinstance(self.inflight, Generate) else None
-            s.on_run_started(ev, sample=bool(req and req.sample), prompt_len=req.prompt_len if req else None)
+            asked = req.messages[-1].get("content") if req is not None and req.messages else None
+            s.on_run_started(ev, sample=bool(req and req.sample),
+                             prompt_len=req.prompt_len if req else None, asked=asked)
             self.port.changed("tokens", "status")
         elif isinstance(ev, RunDone):
             s.on_run_done(ev)

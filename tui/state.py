@@ -269,10 +269,12 @@ class Session:
             step = run.first_step + before
         self.markers.append(Marker(step, ev.kind, ev.detail or ev.kind))
 
-    def on_run_started(self, ev: RunStarted, sample: bool = False, prompt_len: int | None = None) -> Run:
+    def on_run_started(self, ev: RunStarted, sample: bool = False, prompt_len: int | None = None,
+                       asked: str | None = None) -> Run:
+        """`asked`: the user's words when the engine's prompt is the chat template around them."""
         cfg = self.config or Configure()
         opts = dict(cfg.opts)
-        run = Run(ev.run_id, ev.prompts[0] if ev.prompts else "", ev.prompt_tokens, ev.batch,
+        run = Run(ev.run_id, asked or (ev.prompts[0] if ev.prompts else ""), ev.prompt_tokens, ev.batch,
                   ev.max_new_tokens, ev.t_start_ns, opts, config_key(opts, ev.batch, prompt_len, cfg.tp),
                   sample=sample, tp=cfg.tp, first_step=self.steps)
         self.current = run
