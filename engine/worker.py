@@ -50,6 +50,7 @@ def main(conn: Connection, log_path: str | None = None, threads_request: int | N
 
     threading.Thread(target=read, name="engine-commands", daemon=True).start()
     emit(Status("starting", "importing torch and transformers"))
+    _no_process_lock_for_progress_bars()
     import torch
 
     from . import catalogue, spec, threads
@@ -87,6 +88,18 @@ def main(conn: Connection, log_path: str | None = None, threads_request: int | N
             emit(Error(ErrorKind.INTERNAL, f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]))
             emit(Status("error", type(e).__name__))
     conn.close()
+
+
+def _no_process_lock_for_progress_bars() -> None:
+    """tqdm (transformers' and hub progress bars) creates a multiprocessing lock on first use;
+    an engine that is terminated then leaks its semaphore, and Python's resource tracker prints
+    "leaked semaphore objects" on the owner's terminal after quit. One process needs a thread
+    lock only."""
+    try:
+        import tqdm
+    except ImportError:
+        return
+    tqdm.tqdm.set_lock(threading.RLock())
 
 
 def _redirect_output(path: str) -> None:

@@ -52,6 +52,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                      help="a synthetic prompt of N random tokens (for sweeps and synthetic models)")
     r.add_argument("--chat", action="store_true",
                    help="send the prompt as a user message through the model's chat template")
+    r.add_argument("--raw", action="store_true", help="send the prompt as raw text, not through the chat template (the default for models that have one)")
     r.add_argument("--batch", type=int, default=1, help="requests per step (default 1)")
     r.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
     r.add_argument("--ignore-eos", action="store_true", help="always generate max-new-tokens")

@@ -30,6 +30,7 @@ def main(args: argparse.Namespace) -> int:
     record = args.record or str(spec.cache_dir() / "sessions" /
                                 time.strftime("session-%Y%m%d-%H%M%S.jsonl"))
     app = LlmtopApp(configure=configure, request=request, theme_name=args.theme, record=record,
-                    engine_threads=threads)
+                    engine_threads=threads, chat=False if getattr(args, "raw", False) else None,
+                    times_path=spec.cache_dir() / "apply_times.json")
     app.run()
     return app.return_code or 0

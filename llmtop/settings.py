@@ -12,6 +12,7 @@ from llmtop import checks
 from llmtop.engine import catalogue, spec, threads
 from llmtop.profilers import gpu_set
 from llmtop.engine.protocol import Configure, Generate
+from llmtop.tui.requests import wants_chat
 
 DEFAULT_PROMPT = "The largest continent is"
 
@@ -60,7 +61,7 @@ def generate_from_args(args: argparse.Namespace, run_id: int = 1) -> Generate:
     except checks.CheckError as e:
         raise UsageError(str(e)) from None
     messages = None
-    if args.chat and prompt is not None:
+    if prompt is not None and wants_chat(args.model, args.chat, getattr(args, "raw", False)):
         messages, prompt = [{"role": "user", "content": prompt}], None
     return Generate(run_id=run_id, prompt=prompt, messages=messages, prompt_len=args.prompt_len,
                     batch=args.batch, max_new_tokens=args.max_new_tokens, sample=args.sample,

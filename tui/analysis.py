@@ -112,3 +112,34 @@ def sparkline(values: list[float | None], width: int, top: float | None = None) 
 
 def gib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**30:.1f}"
+
+
+CPU_RANKS = 2    # gloo ranks on a CPU share its cores: more only slows each step further
+
+
+def tp_choices(heads: int, kv_heads: int, device: str, gpu_count: int) -> list[tuple[int, bool, str]]:
+    """(size, can run, why not) for each size worth showing: every size that splits the heads
+    and fits the devices, and the powers of two up to the device count that do not (greyed,
+    with the reason), so the user sees why 2 is missing on a 9-head model."""
+    on_gpu = device.startswith("cuda")
+    limit = gpu_count if on_gpu else CPU_RANKS
+    limit = max(limit, 1)
+    g = math.gcd(heads, kv_heads) if heads and kv_heads else 1
+    sizes = {d for d in range(1, limit + 1) if g % d == 0}
+    k = 2
+    while k <= limit:
+        sizes.add(k)
+        k *= 2
+    out = []
+    for n in sorted(sizes):
+        if g % n:
+            out.append((n, False, f"does not divide {heads} attention heads and {kv_heads} KV heads"))
+        elif n > 1 and not on_gpu and gpu_count > 0:
+            out.append((n, False, "on a CPU only where torch sees no GPU: use device cuda"))
+        elif n > 1 and not on_gpu:
+            out.append((n, True, "gloo ranks sharing the CPU cores"))
+        elif n > 1:
+            out.append((n, True, f"{n} of the {gpu_count} GPUs, NCCL"))
+        else:
+            out.append((n, True, ""))
+    return out

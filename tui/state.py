@@ -8,22 +8,14 @@ events in; widgets read from it when they redraw.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llmtop.engine import catalogue
 from llmtop.engine import metrics as m
-from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, ModelInfo, RunDone, RunStarted,
-                             Status, Token)
-
-# The study's prompt first; the engine loops over these unless the user gives a prompt.
-PROMPT_SET: tuple[str, ...] = (
-    "The largest continent is",
-    "The three primary colors are",
-    "Water boils at sea level at a temperature of",
-    "The theory of relativity was developed by",
-    "A good way to learn a new programming language is",
-)
+from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, ModelInfo,
+                                    RunDone, RunStarted, Status, Token)
 
 # axis order of the badges and the configuration labels
 AXIS_ORDER = tuple(catalogue.AXES)
@@ -32,8 +24,13 @@ AXIS_ORDER = tuple(catalogue.AXES)
 SLOW_RATIO = 1.3
 SPIKE_RATIO = 2.0
 
-MAX_RUNS_KEPT = 200      # finished runs the session keeps (their records go to a saved session)
 PLOT_WINDOW = 400        # steps the latency plot shows
+# What stays in memory (issue 14.10: the screen's needs, bounded; the session file has all):
+RUNS_KEPT = 48           # latest runs: the token stream shows 12, the plot 400 steps
+ROW_RUNS_KEPT = 8        # latest runs per comparison row (the guard compares their ids)
+ITL_KEPT = 2048          # latest gaps per row for its percentiles
+MARKERS_KEPT = 64        # plot markers
+GUARD_STATES = ("identical", "equivalent", "diverged")
 
 
 def config_label(opts: dict[str, str], batch: int = 1, defaults: dict[str, str] | None = None,
@@ -89,6 +86,8 @@ class Run:
     texts: list[str] = field(default_factory=list)    # request 0
     record: dict[str, Any] | None = None
     error: str = ""
+    # the live metrics, computed once per new stamp (widgets ask several times a frame)
+    _cache: tuple[int, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def done(self) -> bool:
@@ -102,52 +101,102 @@ class Run:
         out += [(b - a) / 1e6 for a, b in zip(self.stamps, self.stamps[1:])]
         return out
 
+    def run_metrics(self) -> m.RunMetrics | None:
+        """The stamps' metrics (the engine's formulas), cached until the next stamp."""
+        if not self.stamps:
+            return None
+        if self._cache is None or self._cache[0] != len(self.stamps):
+            self._cache = (len(self.stamps), m.run_metrics(self.t_start_ns, self.stamps, self.batch,
+                                                           self.prompt_tokens))
+        return self._cache[1]
+
     def metrics(self) -> dict[str, Any] | None:
         """The engine's metrics once done; meanwhile the same formulas over the stamps so far."""
         if self.record is not None:
             return self.record.get("metrics")
-        if not self.stamps:
-            return None
-        return m.run_metrics(self.t_start_ns, self.stamps, self.batch, self.prompt_tokens).to_dict()
+        rm = self.run_metrics()
+        return rm.to_dict() if rm is not None else None
 
 
 @dataclass
 class Marker:
     step: int      # global step the marker sits before
-    kind: str      # config | recompile | capture | tuning | phase ...
+    kind: str      # config | failed | recompile | capture | tuning | profile ...
     label: str
+
+
+# figures a comparison row averages over all its runs (not only the runs kept in memory);
+# TPOT and decode tok/s need two tokens: a 1-token run has no decode step, not a 0 ms one
+ROW_MEANS = ("ttft_ms", "tpot_ms", "e2e_ms", "tokens_per_s", "decode_tokens_per_s",
+             "prefill_tokens_per_s", "tpot_steady_ms", "stalls")
+ROOF_MEANS = ("decode_pct", "prefill_pct", "achieved_gb_s", "decode_floor_ms", "prefill_floor_ms")
+DECODE_ONLY = ("tpot_ms", "decode_tokens_per_s", "tpot_steady_ms")
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
 
 
 @dataclass
 class Row:
-    """One configuration in the comparison table."""
+    """One configuration in the comparison table: running means over every run it had, and
+    a bounded window of its latest runs (the guard compares their ids)."""
 
     key: str
     label: str
     opts: dict[str, str]
     batch: int
-    runs: list[Run] = field(default_factory=list)
+    runs: deque = field(default_factory=lambda: deque(maxlen=ROW_RUNS_KEPT))
+    count: int = 0
+    n_tokens: int = 0
+    sums: dict[str, list[float]] = field(default_factory=dict)   # name -> [sum, count]
+    itl: deque = field(default_factory=lambda: deque(maxlen=ITL_KEPT))
+    guards: dict[str, int] = field(default_factory=dict)         # engine guard status -> runs
+    diverged_at: int | None = None
 
-    def _mean(self, name: str) -> float:
-        vals = [r.record["metrics"][name] for r in self.runs
-                if r.record and not math.isnan(r.record["metrics"].get(name, math.nan))]
-        return sum(vals) / len(vals) if vals else math.nan
+    def add(self, run: Run) -> None:
+        rec = run.record or {}
+        mt = rec.get("metrics") or {}
+        self.runs.append(run)
+        self.count += 1
+        self.n_tokens += int(mt.get("n_tokens") or 0)
+        self.itl.extend(mt.get("itl_ms") or [])
+        decode = (mt.get("n_tokens") or 0) > 1
+        for where, names in (("metrics", ROW_MEANS), ("roofline", ROOF_MEANS)):
+            for name in names:
+                value = (rec.get(where) or {}).get(name)
+                if _real(value) and (decode or name not in DECODE_ONLY):
+                    acc = self.sums.setdefault(f"{where}.{name}", [0.0, 0])
+                    acc[0] += value
+                    acc[1] += 1
+        g = rec.get("guard") or {}
+        if g.get("status") in GUARD_STATES:
+            self.guards[g["status"]] = self.guards.get(g["status"], 0) + 1
+            if g["status"] != "identical" and g.get("diverged_at") is not None:
+                at = int(g["diverged_at"])
+                self.diverged_at = at if self.diverged_at is None else min(self.diverged_at, at)
+
+    def mean(self, name: str, where: str = "metrics") -> float:
+        acc = self.sums.get(f"{where}.{name}")
+        return acc[0] / acc[1] if acc and acc[1] else math.nan
 
     @property
     def ttft_ms(self) -> float:
-        return self._mean("ttft_ms")
+        return self.mean("ttft_ms")
 
     @property
     def tpot_ms(self) -> float:
-        return self._mean("tpot_ms")
+        return self.mean("tpot_ms")
 
     @property
     def tokens_per_s(self) -> float:
-        return self._mean("decode_tokens_per_s")
+        return self.mean("decode_tokens_per_s")
 
 
 class Session:
-    """Everything measured since the dashboard started (or the history was cleared)."""
+    """Everything measured since the dashboard started (or the history was cleared), within
+    bounds: the latest runs and markers are kept for the screen, every comparison row keeps
+    running means; every record is in the session file (--record) as it arrives."""
 
     def __init__(self) -> None:
         self.model: ModelInfo | None = None
@@ -155,21 +204,21 @@ class Session:
         self.config: Configure | None = None      # what the engine runs now (ConfigApplied)
         self.status = Status("starting", "starting the engine")
         self.guard_result: Any = None   # the engine's latest GuardResult (check prompt vs baseline)
+        self.current: Run | None = None
         self.clear()
 
     def clear(self) -> None:
-        keep = getattr(self, "current", None)
-        self.runs: list[Run] = []
+        keep = self.current
+        self.runs: deque[Run] = deque(maxlen=RUNS_KEPT)
         self.rows: dict[str, Row] = {}
         self.baseline: str | None = None
-        self.markers: list[Marker] = []
+        self.markers: deque[Marker] = deque(maxlen=MARKERS_KEPT)
         self.steps = 0
-        self.current: Run | None = keep if keep is not None and not keep.done else None
+        self.current = keep if keep is not None and not keep.done else None
         if self.current is not None:
             self.runs.append(self.current)
             self.current.first_step = 0
             self.steps = len(self.current.stamps)
-        self.version = getattr(self, "version", 0) + 1
 
     # ---- events ---------------------------------------------------------------------------
 
@@ -178,7 +227,6 @@ class Session:
 
     def on_guard(self, ev: Any) -> None:
         self.guard_result = ev
-        self.version += 1
 
     def on_model(self, ev: ModelInfo) -> None:
         self.model = ev
@@ -186,17 +234,17 @@ class Session:
     def on_device(self, ev: DeviceInfo) -> None:
         self.device = ev
 
-    def on_config(self, ev: ConfigApplied) -> None:
-        old = self.config
-        self.config = ev.config
-        if old is not None and (old.opts, old.tp) != (ev.config.opts, ev.config.tp):
-            changed = [f"{a}={v}" for a, v in ev.config.opts.items() if old.opts.get(a) != v]
-            if old.tp != ev.config.tp:
-                changed.append(f"tp={ev.config.tp}")
+    def on_config(self, ev: ConfigApplied) -> Configure:
+        old, new = self.config, ev.config
+        self.config = new
+        if old is not None and (old.opts, old.tp) != (new.opts, new.tp):
+            changed = [f"{a}={v}" for a, v in new.opts.items() if old.opts.get(a) != v]
+            if old.tp != new.tp:
+                changed.append(f"tp={new.tp}")
             self.markers.append(Marker(self.steps, "config", " ".join(changed) or ev.how))
-        elif old is not None and ev.how == "loaded" and old != ev.config:
+        elif old is not None and ev.how == "loaded" and old != new:
             self.markers.append(Marker(self.steps, "config", "reloaded"))
-        self.version += 1
+        return new
 
     def on_engine_event(self, ev: EngineEvent) -> None:
         """Recompiles, graph captures, tuning: placed at the step that was running then."""
@@ -206,19 +254,17 @@ class Session:
             before = sum(1 for t in run.stamps if t <= ev.t_ns)
             step = run.first_step + before
         self.markers.append(Marker(step, ev.kind, ev.detail or ev.kind))
-        self.version += 1
 
-    def on_run_started(self, ev: RunStarted, sample: bool = False, prompt_len: int | None = None) -> Run:
-        opts = dict(self.config.opts) if self.config else {}
-        tp = self.config.tp if self.config else 1
-        run = Run(ev.run_id, ev.prompts[0] if ev.prompts else "", ev.prompt_tokens, ev.batch,
-                  ev.max_new_tokens, ev.t_start_ns, opts, config_key(opts, ev.batch, prompt_len, tp),
-                  sample=sample, tp=tp, first_step=self.steps)
+    def on_run_started(self, ev: RunStarted, sample: bool = False, prompt_len: int | None = None,
+                       asked: str | None = None) -> Run:
+        """`asked`: the user's words when the engine's prompt is the chat template around them."""
+        cfg = self.config or Configure()
+        opts = dict(cfg.opts)
+        run = Run(ev.run_id, asked or (ev.prompts[0] if ev.prompts else ""), ev.prompt_tokens, ev.batch,
+                  ev.max_new_tokens, ev.t_start_ns, opts, config_key(opts, ev.batch, prompt_len, cfg.tp),
+                  sample=sample, tp=cfg.tp, first_step=self.steps)
         self.current = run
         self.runs.append(run)
-        if len(self.runs) > MAX_RUNS_KEPT:
-            del self.runs[0]
-        self.version += 1
         return run
 
     def on_token(self, ev: Token) -> bool:
@@ -230,26 +276,23 @@ class Session:
             run.ids.append(ev.ids[0])
             run.texts.append(ev.texts[0] if ev.texts else "")
         self.steps += 1
-        self.version += 1
         return True
 
     def on_run_done(self, ev: RunDone) -> Run | None:
         run = self.current if self.current and self.current.run_id == ev.run_id else None
         if run is None:
             return None
-        run.record = ev.record
-        # the record's stamps are the truth; the live ones were the same numbers, kept as is
+        # the tokens are in the run (ids, texts, stamps) and in the session file: not twice here
+        run.record = {k: v for k, v in ev.record.items() if k != "tokens"}
         self.current = None
         if not ev.record.get("stopped") or ev.record.get("stopped") == "stop":
             self._add_to_row(run)
-        self.version += 1
         return run
 
     def on_run_error(self, message: str) -> None:
         if self.current is not None:
             self.current.error = message
             self.current = None
-            self.version += 1
 
     # ---- comparison -------------------------------------------------------------------------
 
@@ -258,42 +301,48 @@ class Session:
         if row is None:
             row = self.rows[run.key] = Row(run.key, config_label(run.opts, run.batch, tp=run.tp),
                                            run.opts, run.batch)
-        row.runs.append(run)
+        row.add(run)
         if self.baseline is None:
             self.baseline = run.key
 
-    def set_baseline(self, key: str) -> None:
+    def set_baseline(self, key: str) -> bool:
         if key in self.rows:
             self.baseline = key
-            self.version += 1
+            return True
+        return False
 
-    def speedup(self, row: Row) -> float:
-        """Baseline TPOT over this row's: above 1 is faster decode than the baseline."""
-        base = self.rows.get(self.baseline or "")
-        if base is None or not row.tpot_ms or math.isnan(row.tpot_ms):
-            return math.nan
-        return base.tpot_ms / row.tpot_ms
-
-    def guard(self, row: Row) -> str:
-        """identical / diverged at k, against the baseline's greedy tokens for the same prompt.
-
-        An engine-side guard in the record (status identical or diverged) wins over ours.
-        """
-        engine = [r.record.get("guard", {}) for r in row.runs if r.record]
-        engine = [g for g in engine if g.get("status") in ("identical", "diverged")]
-        if engine:
-            bad = [g for g in engine if g["status"] == "diverged"]
-            if bad:
-                at = min((g.get("diverged_at") or 0) for g in bad)
-                return f"diverged at {at} (engine guard)"
-            return f"identical (engine guard, {engine[0].get('tokens', '?')} tokens)"
-        if row.key == self.baseline:
-            return "baseline"
+    def speedup(self, row: Row) -> tuple[float, str]:
+        """(ratio, what it compares) against the ★ baseline: like with like. Same batch: baseline
+        TPOT over this row's ("TPOT"); another batch size: this row's decode tok/s over the
+        baseline's ("tok/s"), since per-step latency of different batches is no speed-up."""
         base = self.rows.get(self.baseline or "")
         if base is None:
-            return "—"
+            return math.nan, ""
+        if base.batch == row.batch:
+            if not _real(row.tpot_ms) or not row.tpot_ms or not _real(base.tpot_ms):
+                return math.nan, "TPOT"
+            return base.tpot_ms / row.tpot_ms, "TPOT"
+        if not _real(row.tokens_per_s) or not _real(base.tokens_per_s) or not base.tokens_per_s:
+            return math.nan, "tok/s"
+        return row.tokens_per_s / base.tokens_per_s, "tok/s"
+
+    def guard(self, row: Row) -> tuple[str, str]:
+        """(state, text): the engine's correctness guard when the records carry one
+        (identical / equivalent within the dtype's tolerance / diverged), else our comparison of
+        greedy ids against the ★ baseline's for the same prompt. Only "diverged" is an alarm."""
+        if row.guards:
+            if row.guards.get("diverged"):
+                return "diverged", f"diverged @{row.diverged_at}"
+            if row.guards.get("equivalent"):   # differs only where the dtype's rounding can flip
+                return "equivalent", f"≈ equivalent @{row.diverged_at}"
+            return "identical", "identical"
+        if row.key == self.baseline:
+            return "baseline", "baseline"
+        base = self.rows.get(self.baseline or "")
+        if base is None:
+            return "", "—"
         if all(r.sample for r in row.runs):
-            return "sampled: n/a"
+            return "", "sampled: n/a"
         refs = {r.prompt: r.ids for r in base.runs if not r.sample and r.ids}
         compared, first_bad = 0, None
         for r in row.runs:
@@ -305,10 +354,10 @@ class Session:
             if k is not None and (first_bad is None or k < first_bad):
                 first_bad = k
         if not compared:
-            return "no common prompt yet"
+            return "", "no common prompt yet"
         if first_bad is not None:
-            return f"diverged at {first_bad}"
-        return f"identical ({compared})"
+            return "diverged", f"diverged @{first_bad}"
+        return "identical", f"identical ({compared})"
 
     # ---- what widgets show ------------------------------------------------------------------
 
@@ -321,28 +370,16 @@ class Session:
         return None
 
     def session_metrics(self, key: str | None) -> dict[str, Any] | None:
-        """Over every finished run of one configuration: means, and percentiles of all gaps."""
+        """Over every finished run of one configuration: means, and percentiles of its latest
+        gaps (ITL_KEPT of them)."""
         row = self.rows.get(key or "")
-        if row is None or not row.runs:
+        if row is None or not row.count:
             return None
-        recs = [r.record for r in row.runs if r.record]
-        if not recs:
-            return None
-        itl = [g for rec in recs for g in rec["metrics"]["itl_ms"]]
-
-        def mean(name: str, where: str = "metrics") -> float:
-            vals = [rec[where][name] for rec in recs if rec.get(where) and
-                    rec[where].get(name) is not None and not math.isnan(rec[where][name])]
-            return sum(vals) / len(vals) if vals else math.nan
-
-        out = {k: mean(k) for k in ("ttft_ms", "tpot_ms", "e2e_ms", "tokens_per_s",
-                                    "decode_tokens_per_s", "prefill_tokens_per_s")}
-        out["itl"] = asdict(m.Summary.of(itl))
-        out["n_tokens"] = sum(rec["metrics"]["n_tokens"] for rec in recs)
-        out["runs"] = len(recs)
-        out["roofline"] = {k: mean(k, "roofline") for k in
-                           ("decode_pct", "prefill_pct", "achieved_gb_s", "decode_floor_ms",
-                            "prefill_floor_ms")}
+        out: dict[str, Any] = {k: row.mean(k) for k in ROW_MEANS}
+        out["itl"] = asdict(m.Summary.of(list(row.itl)))
+        out["n_tokens"] = row.n_tokens
+        out["runs"] = row.count
+        out["roofline"] = {k: row.mean(k, "roofline") for k in ROOF_MEANS}
         return out
 
     def live_roofline(self, run: Run) -> dict[str, Any] | None:
@@ -351,7 +388,7 @@ class Session:
             return run.record.get("roofline")
         if self.model is None or self.device is None or len(run.stamps) < 2:
             return None
-        rm = m.run_metrics(run.t_start_ns, run.stamps, run.batch, run.prompt_tokens)
+        rm = run.run_metrics()
         return asdict(m.roofline(rm, self.model.weight_bytes, self.model.params,
                                  self.model.kv_bytes_per_token, self.device.mem_bw_gb_s,
                                  self.device.peak_tflops, ranks=run.tp))
@@ -379,19 +416,21 @@ class Session:
         return xs, ys, tx, ty
 
     def export(self) -> dict[str, Any]:
-        """The session as JSON: every record, the comparison, the markers."""
+        """The session as JSON: the records kept in memory, the whole comparison, the markers."""
+        rows = []
+        for row in self.rows.values():
+            ratio, basis = self.speedup(row)
+            rows.append({"configuration": row.label, "opts": row.opts, "batch": row.batch,
+                         "runs": row.count, "ttft_ms": row.ttft_ms, "tpot_ms": row.tpot_ms,
+                         "tokens_per_s": row.tokens_per_s, "speedup": ratio, "speedup_by": basis,
+                         "guard": self.guard(row)[1], "baseline": row.key == self.baseline})
         return {
             "schema": "llmtop.session/1",
             "model": asdict(self.model) if self.model else None,
             "device": asdict(self.device) if self.device else None,
             "config": asdict(self.config) if self.config else None,
             "runs": [r.record for r in self.runs if r.record is not None],
-            "comparison": [
-                {"configuration": row.label, "opts": row.opts, "batch": row.batch,
-                 "runs": len(row.runs), "ttft_ms": row.ttft_ms, "tpot_ms": row.tpot_ms,
-                 "tokens_per_s": row.tokens_per_s, "speedup": self.speedup(row),
-                 "guard": self.guard(row), "baseline": row.key == self.baseline}
-                for row in self.rows.values()],
+            "comparison": rows,
             "markers": [asdict(mk) for mk in self.markers],
         }
 
@@ -414,7 +453,6 @@ class Telemetry:
         self.ui_cpu_pct: float | None = None
         self.cost: Any = None
         self.numa: Any = None
-        self.version = 0
 
     def add_tick(self, tick: Any, ui_cpu_pct: float | None, cost: Any = None) -> None:
         for s in tick.gpus:
@@ -423,7 +461,6 @@ class Telemetry:
             self.host.append(tick.host)
         self.ui_cpu_pct = ui_cpu_pct
         self.cost = cost
-        self.version += 1
 
     def gpu_busy_pct(self) -> float | None:
         """Mean utilization of the GPUs over the last few polls (the driver's own window)."""

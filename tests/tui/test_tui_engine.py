@@ -15,7 +15,7 @@ from textual.widgets import OptionList
 
 from .helpers import run_async, screen_text, wait_for
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = pytest.mark.timeout(700)
 
 SIZE = (160, 50)
 TOKENS = 5
@@ -143,10 +143,10 @@ def test_profile_key_shows_top_ops_and_busy_split(engine_client):
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: app.session.config is not None, RUN_TIMEOUT, "a configuration")
             await pilot.press("f")
-            assert app.profile_pending > 0
-            await wait_for(pilot, lambda: app.profiles, RUN_TIMEOUT * 2, "a step profile")
+            assert app.model.profile_pending > 0
+            await wait_for(pilot, lambda: app.model.profiles, RUN_TIMEOUT * 2, "a step profile")
             await pilot.pause(0.3)
-            p = app.profiles[-1]
+            p = app.model.profiles[-1]
             assert p.device == "cpu" and p.step_ms > 0 and 0 <= p.busy_ms <= p.step_ms * 1.05
             assert p.top_kernels
             text = screen_text(app)
@@ -154,6 +154,55 @@ def test_profile_key_shows_top_ops_and_busy_split(engine_client):
             assert any(m.kind == "profile" for m in app.session.markers)
             await pilot.press("escape")
             assert "step profile" not in screen_text(app)
+
+    run_async(body())
+
+
+@pytest.mark.slow
+def test_config_failing_at_apply_time_is_reported_once_and_the_loop_goes_on(engine_client):
+    """14.1 with the real engine: attention=mem_efficient (then cudnn) raises when the engine
+    applies it on a CPU (no such SDPA kernel). At start-up the defaults take over and generate; later, the
+    failing configuration is reported once, the working one keeps generating, and it is never
+    sent again on its own (the old loop re-sent it forever, or stopped with an error bar)."""
+    async def body():
+        app = LlmtopApp(Configure(model="embedded", device="cpu", opts={"attention": "mem_efficient"}),
+                        Generate(prompt="The largest continent is", max_new_tokens=3),
+                        client=engine_client, telemetry=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: len(done_runs(app)) >= 1, RUN_TIMEOUT * 2,
+                           "a run with the defaults after the failed start-up configuration")
+            assert app.session.config.opts["attention"] == "sdpa" and not app.model.error
+            model = app.model
+            # the engine's table says it cannot run; force it as if the table were wrong
+            model.desired.opts["attention"] = "cudnn"
+            await wait_for(pilot, lambda: len(model.failed) >= 2, RUN_TIMEOUT * 2,
+                           "the second failure")
+            runs = len(done_runs(app))
+            await wait_for(pilot, lambda: len(done_runs(app)) >= runs + 2, RUN_TIMEOUT * 2,
+                           "two more runs with the working configuration")
+            sent_configs = [n for n in app._notifications if "failed to apply" in n.message]
+            assert len(sent_configs) == 2   # one at start-up, one later: each reported once
+            assert model.desired.opts["attention"] == "sdpa"
+            assert all(r.opts["attention"] == "sdpa" for r in done_runs(app))
+            await pilot.pause(0.2)
+            assert "failed here" in screen_text(app)   # marked in the optimize tab
+
+    run_async(body())
+
+
+@pytest.mark.slow
+def test_a_plain_question_gets_an_answer(engine_client):
+    """14.3: the embedded instruct model answers through its chat template by default."""
+    async def body():
+        app = LlmtopApp(Configure(model="embedded", device="cpu"),
+                        Generate(prompt="What is the capital of France?", max_new_tokens=8),
+                        client=engine_client, telemetry=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: len(done_runs(app)) >= 1, RUN_TIMEOUT * 2, "an answer")
+            run = done_runs(app)[0]
+            answer = "".join(run.texts).strip()
+            assert app.model.settings.chat and len(run.texts) > 1 and answer, run.texts
+            assert "Paris" in answer or len(answer.split()) >= 2, answer
 
     run_async(body())
 
@@ -167,7 +216,7 @@ def test_killed_engine_shows_error_and_restarts(engine_client):
                            "a first token")
             old_pid = engine_client.pid
             os.kill(old_pid, signal.SIGKILL)
-            await wait_for(pilot, lambda: app.error, 10, "the dead engine to be reported")
+            await wait_for(pilot, lambda: app.model.error, 10, "the dead engine to be reported")
             await pilot.pause(0.2)
             text = screen_text(app)
             assert "died" in text and "ctrl+r" in text
@@ -177,7 +226,7 @@ def test_killed_engine_shows_error_and_restarts(engine_client):
             await wait_for(pilot, lambda: app.engine_pid and app.engine_pid != old_pid, 30,
                            "a new engine process")
             new_pid = app.engine_pid
-            await wait_for(pilot, lambda: not app.error and any(
+            await wait_for(pilot, lambda: not app.model.error and any(
                 r.stamps for r in app.session.runs[measured:]), RUN_TIMEOUT * 2,
                 "tokens from the restarted engine")
             assert not app.query_one("#error-bar").has_class("visible")

@@ -65,3 +65,8 @@ def test_main_screen_100x30_light(snap_compare):
 
 def test_optimize_tab_80x24(snap_compare):
     assert snap_compare(make("llmtop-dark"), terminal_size=(80, 24), run_before=fed(keys=("o",)))
+
+
+def test_main_screen_160x48(snap_compare):
+    """The size of issue 14's hour-long try: no figure cut (test_tui_demo checks the text)."""
+    assert snap_compare(make("llmtop-dark"), terminal_size=(160, 48), run_before=fed())

@@ -58,15 +58,15 @@ def test_tp_control_splits_the_model_and_the_profile_shows_the_all_reduce_share(
             labels = [row.label for row in app.session.rows.values()]
             assert labels[:2] == ["defaults", "tp=2"]
             await pilot.press("f")
-            await wait_for(pilot, lambda: app.profiles, RUN_TIMEOUT, "a step profile")
-            p = app.profiles[-1]
+            await wait_for(pilot, lambda: app.model.profiles, RUN_TIMEOUT, "a step profile")
+            p = app.model.profiles[-1]
             assert p.tp == 2 and p.collective_calls > 0 and 0 < p.collective_pct < 100
             # the profile screen (drawn a moment later on a loaded machine)
             await wait_for(pilot, lambda: "collectives over 2 ranks (gloo all-reduce / all-gather)"
                            in screen_text(app), 20, "the profile screen's collectives line")
             assert f"{p.collective_pct:.0f}% of each decode step in all-reduce" in screen_text(app)
             await pilot.press("escape")
-            assert app.collective_pct() == p.collective_pct
+            assert app.model.collective_pct() == p.collective_pct
             app.redraw_all()
             if p.collective_pct >= COLLECTIVE_BOUND_PCT:   # the bottleneck line's first words
                 want = f"bottleneck: collective-bound: {p.collective_pct:.0f}% of each"

@@ -14,11 +14,12 @@ from dataclasses import replace
 import pytest
 
 from llmtop.engine import catalogue
-from llmtop.engine.protocol import ConfigApplied, Configure, Error, Generate, RunDone, RunStarted, Token
-from llmtop.tui import analysis, state, theming
+from llmtop.engine.protocol import (ConfigApplied, Configure, Error, Generate, RunDone, RunStarted,
+                                    Status, Token)
+from llmtop.tui import analysis, requests, state, theming
 from llmtop.tui.app import LlmtopApp
 from llmtop.tui.widgets.metrics import MetricsPanel
-from llmtop.tui.widgets.run_settings import RunSettings
+from llmtop.tui.requests import RunSettings
 from llmtop.tui.widgets.token_stream import run_text
 
 from . import fixed_session as fx
@@ -78,19 +79,22 @@ def test_comparison_rows_speedup_and_guard():
     rows = list(s.rows.values())
     assert [r.label for r in rows] == ["defaults", "attention=eager"]
     assert s.baseline == rows[0].key
-    assert s.speedup(rows[0]) == pytest.approx(1.0)
-    assert s.speedup(rows[1]) == pytest.approx(rows[0].tpot_ms / rows[1].tpot_ms)
-    assert s.guard(rows[0]) == "baseline"
-    assert s.guard(rows[1]) == "identical (1)"
+    assert s.speedup(rows[0]) == (pytest.approx(1.0), "TPOT")
+    assert s.speedup(rows[1]) == (pytest.approx(rows[0].tpot_ms / rows[1].tpot_ms), "TPOT")
+    assert s.guard(rows[0]) == ("baseline", "baseline")
+    assert s.guard(rows[1]) == ("identical", "identical (1)")
     # a run whose greedy tokens differ from the baseline's at token 3
     r = rows[1].runs[0]
     r.ids = r.ids[:3] + [999999] + r.ids[4:]
-    assert s.guard(rows[1]) == "diverged at 3"
-    # the engine's own guard, when present, wins
-    r.record["guard"] = {"status": "diverged", "diverged_at": 7, "tokens": 12}
-    assert s.guard(rows[1]).startswith("diverged at 7")
+    assert s.guard(rows[1]) == ("diverged", "diverged @3")
+    # the engine's own guard, when present, wins: three states, only diverged is an alarm
+    rows[1].guards = {"equivalent": 1}
+    rows[1].diverged_at = 9
+    assert s.guard(rows[1]) == ("equivalent", "≈ equivalent @9")
+    rows[1].guards["diverged"], rows[1].diverged_at = 1, 7
+    assert s.guard(rows[1]) == ("diverged", "diverged @7")
     s.set_baseline(rows[1].key)
-    assert s.speedup(rows[1]) == pytest.approx(1.0)
+    assert s.speedup(rows[1]) == (pytest.approx(1.0), "TPOT")
 
 
 def test_markers_for_config_changes_and_engine_events():
@@ -117,7 +121,7 @@ def test_clear_keeps_the_streaming_run():
     s = fed_session()
     live = s.current
     s.clear()
-    assert s.rows == {} and s.markers == [] and s.runs == [live]
+    assert s.rows == {} and list(s.markers) == [] and list(s.runs) == [live]
 
 
 def test_latency_colouring():
@@ -182,8 +186,8 @@ def test_run_settings_validate_and_build_requests():
     s = RunSettings.from_request(Generate(prompt="The largest continent is", max_new_tokens=8),
                                  "The largest continent is")
     assert s.prompt is None      # the study's prompt means: loop over the prompt set
-    prompts = [s.request(i, i).prompt for i in range(len(state.PROMPT_SET))]
-    assert prompts == list(state.PROMPT_SET) and prompts[0] == "The largest continent is"
+    prompts = [s.request(i, i).prompt for i in range(len(requests.PROMPT_SET))]
+    assert prompts == list(requests.PROMPT_SET) and prompts[0] == "The largest continent is"
     s = s.with_field("prompt", "Why is the sky blue?").with_field("batch", "4")
     req = s.request(7, 3)
     assert req.prompt == "Why is the sky blue?" and req.batch == 4 and req.run_id == 7
@@ -268,7 +272,7 @@ def test_resizing_switches_between_side_by_side_and_stacked():
         await pilot.pause()
         assert not app.screen.has_class("-stacked")
         assert tokens.styles.height is not None and tokens.styles.height.value == 1   # 1fr again
-        assert "this config: 1 run" in screen_text(app)   # the full table, side by side
+        assert "config · 1 run" in screen_text(app)   # the full table, side by side
 
     run_app(body)
 
@@ -328,11 +332,11 @@ def test_unavailable_option_refused_offline_and_theme_key_cycles():
         assert app.select_option("attention", "cudnn") is False
         assert app.desired.opts == before
         assert app.select_option("kv", "static") is True
-        assert app.pending_changes() == ["kv=static"]
+        assert app.model.pending_changes() == ["kv=static"]
         assert app.select_option("compile", "full") is True   # needs kv=static: fine now
-        assert app.conflict() is None
+        assert app.model.conflict() is None
         app.select_option("kv", "dynamic")
-        assert app.conflict() and "kv=static" in app.conflict()
+        assert app.model.conflict() and "kv=static" in app.model.conflict()
         first = app.theme
         await pilot.press("t")
         assert app.theme != first
@@ -362,11 +366,15 @@ def test_pause_and_clear_keys():
     async def body(app, pilot):
         fx.feed(app)
         await pilot.press("space")
-        assert app.paused
+        assert app.model.paused
         assert "paused" in screen_text(app)
         await pilot.press("space")
-        assert not app.paused
-        await pilot.press("c")
+        assert not app.model.paused
+        await pilot.press("c")          # asks first (issue 14.11)
+        await pilot.pause()
+        assert app.session.rows != {}
+        await pilot.press("y")
+        await pilot.pause()
         assert app.session.rows == {}
 
     run_app(body)
@@ -378,11 +386,11 @@ def test_profile_key_and_profile_screen():
     async def body(app, pilot):
         fx.feed(app)
         await pilot.press("f")
-        assert app.profile_pending == 8
+        assert app.model.profile_pending == 8
         app.client = type("FakeClient", (), {"send": lambda self, c: sent.append(c), "pid": 1})()
-        app.engine_up, app.busy = True, False
-        app._next()
-        assert sent and sent[-1].profile_steps == 8 and app.profile_pending == 0
+        app.model.engine_up, app.model.busy = True, False
+        app.model.step()
+        assert sent and sent[-1].profile_steps == 8 and app.model.profile_pending == 0
         app.handle_event(StepProfile(run_id=3, steps=8, device="gpu", step_ms=44.0, busy_ms=8.0,
                                      idle_ms=36.0, top_kernels=[{"name": "ampere_bf16_gemm_128x64",
                                                                  "calls": 1792, "device_ms": 40.1,
@@ -392,7 +400,7 @@ def test_profile_key_and_profile_screen():
         text = screen_text(app)
         assert "step profile" in text and "ampere_bf16_gemm_128x64" in text
         assert "18% busy" in text and "launch-bound" in text
-        assert app.gpu_busy_pct() == pytest.approx(100 * 8 / 44)
+        assert app.model.gpu_busy_pct() == pytest.approx(100 * 8 / 44)
         app.client = None
 
     sent: list = []
@@ -402,7 +410,7 @@ def test_profile_key_and_profile_screen():
 # ---- tensor parallelism: size control, collective share, the engine's GPUs ---------------------
 
 def test_tp_sizes_split_whole_heads_and_fit_the_devices():
-    from llmtop.tui.widgets.tp_control import tp_choices
+    from llmtop.tui.analysis import tp_choices
 
     # the embedded SmolLM2 (9 heads, 3 KV heads) on a CPU: 2 ranks do not split its heads
     assert tp_choices(9, 3, "cpu", 0) == [
@@ -458,13 +466,13 @@ def test_profile_screen_and_bottleneck_show_the_collective_share():
         assert "57% of each decode step in all-reduce" in text
         assert "collective-bound: 57% of each decode step in all-reduce across 2 ranks" in text
         await pilot.press("escape")
-        assert app.collective_pct() == pytest.approx(57.4)
+        assert app.model.collective_pct() == pytest.approx(57.4)
         app.redraw_all()
         await pilot.pause()
         assert "bottleneck: collective-bound: 57% of each" in screen_text(app)  # metrics panel
         # a profile taken at another TP size says nothing of this one
         app.handle_event(_tp_model("cpu", [], tp=4))
-        assert app.collective_pct() is None
+        assert app.model.collective_pct() is None
 
     run_app(body)
 
@@ -505,14 +513,15 @@ def test_tp_control_reconfigures_between_runs():
         ol.focus()
         ol.highlighted = ol.get_option_index("tp=2")
         await pilot.press("enter")
-        assert app.desired.tp == 2 and "tp=2" in app.pending_changes()
+        assert app.desired.tp == 2 and "tp=2" in app.model.pending_changes()
         app.client = type("FakeClient", (), {"send": lambda self, c: sent.append(c), "pid": 1})()
-        app.engine_up, app.busy = True, False
-        app._next()
+        app.model.engine_up, app.model.busy = True, False
+        app.model.step()
         assert isinstance(sent[-1], Configure) and sent[-1].tp == 2 and sent[-1].gpus is None
         # the engine refuses it (say, a follower could not start): back to what runs
         app.handle_event(Error("config", "tensor-parallel llmtop-tp-rank1 exited (code 1)"))
-        assert app.desired.tp == 1 and app.pending_changes() == []
+        app.handle_event(Status("ready", ""))
+        assert app.desired.tp == 1 and app.model.pending_changes() == []
         # accepted: the comparison keeps tp=2 runs in their own row
         app.desired.tp = 2
         app.handle_event(ConfigApplied(replace(fx.config(fx.opts()), tp=2), "loaded", 1.0))

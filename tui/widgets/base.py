@@ -6,7 +6,10 @@ import time
 
 
 class Coalesced:
-    """Mixin for widgets: call `changed()` when data changes; `redraw_now()` does the work.
+    """Mixin for widgets: `changed()` when data changes; `redraw_now()` does the work.
+
+    A widget names the model topics it shows in `watches` (tui/model.py TOPICS); it watches the
+    App's reactive counter of each and calls `changed()` itself, so nobody wires redraws by hand.
 
     The first change after a quiet spell redraws at once; changes inside `interval` of the
     last redraw are folded into one timer, so the UI's cost follows the frame rate, not the
@@ -16,9 +19,18 @@ class Coalesced:
 
     interval: float = 1 / 15
     skip_hidden: bool = False
+    watches: tuple[str, ...] = ()
     _last_redraw: float = 0.0
     _redraw_pending: bool = False
     _stale: bool = False
+
+    def on_mount(self) -> None:
+        # Textual runs every class's on_mount in the MRO, the widget's own as well as this one
+        for topic in self.watches:
+            self.watch(self.app, f"v_{topic}", self._topic_changed, init=False)  # type: ignore[attr-defined]
+
+    def _topic_changed(self, _version: int) -> None:
+        self.changed()
 
     def changed(self) -> None:
         if self._redraw_pending:
@@ -65,12 +77,16 @@ _PALETTES: dict[str, dict[str, str]] = {}
 
 def palette(app) -> dict[str, str]:
     """The theme's colour variables as plain #rrggbb (alpha blended onto the background),
-    which Rich styles accept; cached per theme."""
+    which Rich styles accept; cached per theme. Built from the theme itself, not from
+    app.theme_variables: those are refreshed a frame after the theme changes, and a redraw in
+    between would cache the previous theme's colours under the new name (issue 14.9)."""
     key = app.theme
     if key not in _PALETTES:
         from textual.color import Color
 
-        variables = app.theme_variables
+        theme = app.current_theme
+        variables = {**app.get_theme_variable_defaults(), **theme.to_color_system().generate(),
+                     **theme.variables}
         bg = Color.parse(variables.get("background", "#000000"))
         out = {}
         for name, value in variables.items():

@@ -1,4 +1,9 @@
-"""Comparison: one row per configuration run this session; the study's summary, live."""
+"""Comparison: one row per configuration run this session; the study's summary, live.
+
+Speedup compares like with like against the ★ row: TPOT when the batch sizes match, decode
+tok/s (and says so) when they do not. The guard column has three states: identical, equivalent
+within the dtype's rounding (not an alarm), diverged (red).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import math
 
 from rich.text import Text
 from textual.binding import Binding
+from textual.message import Message
 from textual.widgets import DataTable
 
 from ..analysis import num
@@ -14,15 +20,29 @@ from .base import Coalesced, palette
 COLUMNS = ("", "configuration", "runs", "TTFT ms", "TPOT ms", "tok/s", "speedup", "guard")
 
 
+def speedup_text(ratio: float, basis: str, baseline: bool) -> str:
+    if baseline:
+        return "1.00× ★"
+    if math.isnan(ratio):
+        return "n/a"
+    return f"{ratio:.2f}×" + (" tok/s" if basis == "tok/s" else "")
+
+
 class ComparisonTable(DataTable, Coalesced):
     BINDINGS = [Binding("enter", "baseline", "Make baseline", show=False)]
     DEFAULT_CSS = """
     ComparisonTable { height: auto; max-height: 14; border: round $primary 50%; }
     """
+    watches = ("runs", "guard", "config", "status")
+
+    class BaselineChosen(Message):
+        def __init__(self, key: str) -> None:
+            super().__init__()
+            self.key = key
 
     def __init__(self, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self.border_title = "comparison (speedup = baseline TPOT / TPOT)"
+        self.border_title = "comparison · speedup vs ★ (TPOT; tok/s across batch sizes)"
 
     def on_mount(self) -> None:
         for label in COLUMNS:
@@ -32,31 +52,31 @@ class ComparisonTable(DataTable, Coalesced):
     def action_baseline(self) -> None:
         if self.row_count:
             key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
-            self.app.set_baseline(key)
+            self.post_message(self.BaselineChosen(key))
 
     def redraw_now(self) -> None:
-        app = self.app
-        session = app.session
-        v = palette(app)
+        session = self.app.model.session
+        v = palette(self.app)
         cursor = self.cursor_row
         self.clear()
-        current = (app.session.current_or_last().key if app.session.current_or_last() else None)
+        last = session.current_or_last()
+        current = last.key if last else None
         for row in session.rows.values():
             base = row.key == session.baseline
-            sp = session.speedup(row)
-            guard = session.guard(row)
-            gstyle = (v["error"] if guard.startswith("diverged") else
-                      v["success"] if guard.startswith("identical") else "")
-            sp_text = Text("1.00×" if base else ("n/a" if math.isnan(sp) else f"{sp:.2f}×"),
-                           style=(v["success"] if not math.isnan(sp) and sp > 1.02 else
-                                  v["error"] if not math.isnan(sp) and sp < 0.98 else ""))
+            ratio, basis = session.speedup(row)
+            state, guard = session.guard(row)
+            gstyle = {"diverged": v["error"], "identical": v["success"],
+                      "equivalent": v.get("secondary", v["foreground"])}.get(state, "")
+            sp = Text(speedup_text(ratio, basis, base),
+                      style=(v["success"] if not base and not math.isnan(ratio) and ratio > 1.02 else
+                             v["warning"] if not base and not math.isnan(ratio) and ratio < 0.98 else ""))
             mark = ("★" if base else "") + ("▶" if row.key == current else "")
-            self.add_row(Text(mark, style=v["accent"]), row.label, str(len(row.runs)),
+            self.add_row(Text(mark, style=v["accent"]), row.label, str(row.count),
                          num(row.ttft_ms, 1), num(row.tpot_ms, 2), num(row.tokens_per_s, 1),
-                         sp_text, Text(guard, style=gstyle), key=row.key)
+                         sp, Text(guard, style=gstyle), key=row.key)
         if not session.rows:
             self.border_subtitle = "a row appears when a run finishes"
         else:
-            self.border_subtitle = "★ baseline (enter or b sets it) · ▶ current"
+            self.border_subtitle = "★ speedup baseline (b, or enter on a row) · ▶ current"
         if self.row_count:
             self.move_cursor(row=min(max(cursor, 0), self.row_count - 1), animate=False)

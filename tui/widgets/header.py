@@ -16,26 +16,31 @@ class LlmtopHeader(Widget, Coalesced):
     DEFAULT_CSS = """
     LlmtopHeader { height: 2; background: $panel; color: $foreground; padding: 0 1; }
     """
+    watches = ("status", "config", "model", "device", "error")
 
     def redraw_now(self) -> None:
         self.refresh()
 
     def phase_text(self) -> tuple[str, str]:
         """(text, colour variable) of the engine's phase as the user should read it."""
-        app = self.app
-        s = app.session.status
-        if app.error:
-            return "✖ error: " + app.error.splitlines()[0][:60], "error"
+        model = self.app.model
+        s = model.session.status
+        if model.error:
+            return "✖ error: " + model.error.splitlines()[0][:60], "error"
         text = f"{PHASE_ICON.get(s.phase, '·')} {s.phase}"
-        if s.phase == "generating" and app.session.current is not None:
-            text += f" run {app.session.current.run_id}"
+        wait = model.wait_text()
+        if wait and s.phase != "generating":
+            # a long step says what runs, for how long, and how long it took here last time
+            text += f" · {wait}"
+        elif s.phase == "generating" and model.session.current is not None:
+            text += f" run {model.session.current.run_id}"
         elif s.detail and s.phase != "ready":
             text += f": {s.detail[:48]}"
-        if s.elapsed_s:
+        if s.elapsed_s and not wait:
             text += f" {s.elapsed_s:.0f} s"
         if s.progress is not None:
             text += f" {s.progress:.0%}"
-        if app.paused and s.phase in ("ready", "generating"):
+        if model.paused and s.phase in ("ready", "generating"):
             text += " · paused" if s.phase == "generating" else ""
             if s.phase == "ready":
                 text = "⏸ paused"
@@ -45,11 +50,13 @@ class LlmtopHeader(Widget, Coalesced):
     def render(self) -> Text:
         app = self.app
         v = palette(app)
-        session = app.session
+        session = app.model.session
         model, device = session.model, session.device
         # (text, style, rank): on a narrow terminal the lowest ranks go first, so what is
         # measured (model, dtype, device, threads) outlives the details (layers, params, backend)
         parts: list[tuple[str, str, int]] = [("llmtop ", f"bold {v['primary']}", 9)]
+        if app.replay is not None:   # a replayed session must not pass for a live one
+            parts.append(("REPLAY ", f"bold reverse {v['warning']}", 9))
         sep = (" │ ", v.get("secondary", v["foreground"]))
         if model is not None:
             parts.append((model.name, "bold", 9))
@@ -67,7 +74,10 @@ class LlmtopHeader(Widget, Coalesced):
                 parts.append((f" · {device.threads} of {device.cpus} threads",
                               v["warning"] if device.threads_note else "", 6))
         else:
-            parts.append((f"{app.desired.model} on {app.desired.device}", "bold", 9))
+            want = app.model.desired
+            name = "the embedded SmolLM2-135M" if want.model == "embedded" else want.model
+            where = "the best device here" if want.device == "auto" else want.device
+            parts.append((f"starting {name} on {where}", "bold", 9))
         opts = session.config.opts if session.config else {}
         if opts:
             parts.append((sep[0] + f"backend {opts.get('backend', 'hf')}", "", 4))
@@ -101,7 +111,7 @@ class LlmtopHeader(Widget, Coalesced):
                 badges.append(" ")
         else:
             badges.append("no configuration applied yet", style="dim")
-        pending = app.pending_changes()
+        pending = app.model.pending_changes()
         if pending:
             badges.append(" next run: " + " ".join(pending) + " ", style=f"bold {v['accent']}")
         note = f" {device.threads_note}" if device is not None and device.threads_note else ""

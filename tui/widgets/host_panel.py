@@ -13,6 +13,7 @@ BAR = 20
 
 class HostPanel(Static, Coalesced):
     skip_hidden = True
+    watches = ("telemetry",)
     interval = 0.2
     DEFAULT_CSS = """
     HostPanel { height: auto; padding: 0 1; }

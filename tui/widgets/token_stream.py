@@ -33,7 +33,8 @@ def run_text(run: Run, colours: dict[str, str]) -> Text:
         text.append(piece, style=style)
     if run.record is not None:
         mt = run.record["metrics"]
-        end = f"  ⏱ {mt['n_tokens']} tok · TTFT {mt['ttft_ms']:.1f} ms · TPOT {mt['tpot_ms']:.1f} ms"
+        tpot = f" · TPOT {mt['tpot_ms']:.1f} ms" if mt["n_tokens"] > 1 else ""
+        end = f"  ⏱ {mt['n_tokens']} tok · TTFT {mt['ttft_ms']:.1f} ms{tpot}"
         stopped = run.record.get("stopped")
         if stopped:
             end += f" · stopped ({stopped})"
@@ -54,6 +55,7 @@ class TokenStream(Widget, Coalesced):
     """
 
     interval = 0.15
+    watches = ("tokens", "runs", "status")
     MIN_ROWS = 5   # border and three lines: one run's text stays readable
     DEFAULT_CSS = """
     TokenStream { height: 1fr; border: round $primary 50%; padding: 0 1; }
@@ -76,7 +78,7 @@ class TokenStream(Widget, Coalesced):
     def render(self) -> Text:
         """The last lines that fit. Finished runs are wrapped once per width and theme (cached);
         only the streaming run is wrapped again on each frame."""
-        session = self.app.session
+        session = self.app.model.session
         width, height = self.content_size.width, self.content_size.height
         colours = self.colours()
         runs = [r for r in session.runs if r.stamps or not r.done][-RUNS_SHOWN:]
