@@ -35,7 +35,10 @@ class EngineSession:
 
     def __init__(self, log_path: str | None, stall_s: float,
                  on_progress: Callable[[str, Any], None] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, stop_on_interrupt: bool = False) -> None:
+        """`stop_on_interrupt`: a first Ctrl-C during a run stops it and keeps its record (one
+        run, `llmtop run`); otherwise Ctrl-C goes straight to the caller (a sweep ends)."""
+        self.stop_on_interrupt = stop_on_interrupt
         self.log_path = log_path
         self.stall_s = stall_s
         self.threads = threads   # the engine's CPU threads (None: engine/threads.py chooses)
@@ -125,7 +128,7 @@ class EngineSession:
             try:
                 ev = self._get("during a run")
             except KeyboardInterrupt:
-                if stopping:
+                if stopping or not self.stop_on_interrupt:
                     raise
                 stopping = True
                 self.client.send(Stop())

@@ -162,7 +162,8 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.s
         out.write(ev.texts[0])
         out.flush()
 
-    session = EngineSession(None, STALL_S, on_progress=progress, threads=threads)
+    session = EngineSession(None, STALL_S, on_progress=progress, threads=threads,
+                            stop_on_interrupt=True)
     session.start()
     try:
         applied = session.configure(configure)

@@ -21,8 +21,8 @@ def llmtop(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_headless_run_streams_text_and_ends_with_a_metrics_table(tmp_path):
     out = tmp_path / "run.json"
-    p = llmtop("run", "--headless", "--prompt", "The largest continent is",
-               "--max-new-tokens", "24", "--json", str(out))
+    p = llmtop("run", "--headless", "--raw", "--prompt", "The largest continent is",
+               "--max-new-tokens", "24", "--json", str(out))   # --raw: a continuation
     assert p.returncode == 0, p.stderr
     text = p.stdout.split("\n---")[0]
     assert text.startswith("The largest continent is ")

@@ -48,7 +48,7 @@ def test_tp_control_splits_the_model_and_the_profile_shows_the_all_reduce_share(
             ol.focus()
             ol.highlighted = ol.get_option_index("tp=2")
             await pilot.press("enter")
-            assert app.desired.tp == 2
+            await wait_for(pilot, lambda: app.desired.tp == 2, 5, "tp=2 chosen")
             await wait_for(pilot, lambda: app.session.model.tp == 2, RUN_TIMEOUT,
                            "the engine to reload on 2 ranks")
             assert app.session.model.devices == ["cpu", "cpu"]
