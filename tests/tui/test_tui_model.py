@@ -4,6 +4,7 @@ figures, bounded memory. A Port of lists stands in for the App."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -54,6 +55,16 @@ def ready(model: DashboardModel) -> None:
 
 def applied(model: DashboardModel, cfg: Configure) -> None:
     model.handle(ConfigApplied(cfg, "loaded", 0.1))
+
+
+def configured() -> tuple[DashboardModel, Any]:
+    """A model whose first configuration the engine applied, with the device's table."""
+    model, port = make()
+    ready(model)
+    applied(model, port.sent[-1])
+    ready(model)
+    model.handle(fx.DEVICE)
+    return model, port
 
 
 def finish_run(model: DashboardModel, req: Generate, lats=(120.0, 40.0, 41.0)) -> None:
@@ -139,11 +150,7 @@ def test_failure_at_start_up_falls_back_to_the_defaults():
 
 
 def test_restart_does_not_resurrect_a_failed_configuration():
-    model, port = make()
-    ready(model)
-    applied(model, port.sent[-1])
-    ready(model)
-    model.handle(fx.DEVICE)
+    model, port = configured()
     model.select_option("attention", "flex")
     finish_run(model, port.sent[-1])
     model.handle(Error("config", "flex failed"))
@@ -154,11 +161,7 @@ def test_restart_does_not_resurrect_a_failed_configuration():
 
 
 def test_cancel_drops_the_pending_change():
-    model, port = make()
-    ready(model)
-    applied(model, port.sent[-1])
-    ready(model)
-    model.handle(fx.DEVICE)
+    model, port = configured()
     model.select_option("kv", "static")   # a run is in flight: pending
     assert model.pending_changes() == ["kv=static"]
     assert model.cancel_change()
