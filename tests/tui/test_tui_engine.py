@@ -76,8 +76,6 @@ def _choose(app, axis: str, name: str) -> OptionList:
     return ol
 
 
-@pytest.mark.skip(reason="issue 14, open: passes alone (19 s) but times out waiting for the "
-                  "kv=static row after the module's earlier tests on the shared engine")
 def test_toggle_reconfigures_and_adds_comparison_rows(engine_client):
     async def body():
         app = make_app(engine_client)

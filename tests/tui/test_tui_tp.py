@@ -28,8 +28,6 @@ def cpu_only():
         yield
 
 
-@pytest.mark.skip(reason="issue 14.8, open: Enter on tp=2 in the TP list no longer reaches "
-                  "select_tp after the keyboard rework (the model's select_tp is unit-tested)")
 def test_tp_control_splits_the_model_and_the_profile_shows_the_all_reduce_share(engine_client):
     async def body():
         app = LlmtopApp(Configure(model="synthetic:tiny", device="cpu"),

@@ -17,6 +17,13 @@ class AxisList(OptionList):
             self.axis = axis
             self.name = name
 
+    def set_enabled(self, option_id: str, enabled: bool) -> None:
+        """Enable or disable an option only when that changes: Textual's enable_option on the
+        highlighted option moves the highlight to the next one, so a redraw that re-enabled every
+        option walked the cursor away under the user's Enter (issue 14.8)."""
+        if self.get_option(option_id).disabled == enabled:
+            (self.enable_option if enabled else self.disable_option)(option_id)
+
     def on_focus(self) -> None:
         if self.highlighted is None and self.option_count:
             self.action_first()

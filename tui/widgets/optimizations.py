@@ -79,7 +79,7 @@ class OptimizationsPanel(VerticalScroll, Coalesced, can_focus=False):
         applied = model.applied.opts if model.applied else {}
         wanted = model.desired.opts
         for axis, options in AXES.items():
-            ol = self.query_one(f"#opt-{axis}", OptionList)
+            ol = self.query_one(f"#opt-{axis}", AxisList)
             for name in options:
                 oid = f"{axis}={name}"
                 info = (table or {}).get(axis, {}).get(name)
@@ -89,7 +89,7 @@ class OptimizationsPanel(VerticalScroll, Coalesced, can_focus=False):
                 ol.replace_option_prompt(oid, self.option_prompt(
                     name, ok, table is not None, applied.get(axis) == name,
                     wanted.get(axis) == name, failed, reason))
-                (ol.enable_option if ok else ol.disable_option)(oid)
+                ol.set_enabled(oid, ok)
         status = Text()
         conflict = model.conflict()
         if table is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.containers import Vertical
-from textual.widgets import Label, OptionList
+from textual.widgets import Label
 from textual.widgets.option_list import Option
 
 from .axis_list import AxisList
@@ -38,7 +38,7 @@ class TpControl(Vertical, Coalesced):
     def redraw_now(self) -> None:
         model = self.app.model
         v = palette(self.app)
-        ol = self.query_one("#opt-tp", OptionList)
+        ol = self.query_one("#opt-tp", AxisList)
         choices = model.tp_choices()
         if not choices:
             return
@@ -72,4 +72,4 @@ class TpControl(Vertical, Coalesced):
                 prompt.append(f"  {reason}", style="italic dim")
             oid = f"tp={n}"
             ol.replace_option_prompt(oid, prompt)
-            (ol.enable_option if ok else ol.disable_option)(oid)
+            ol.set_enabled(oid, ok)
