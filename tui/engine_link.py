@@ -5,15 +5,19 @@ on the way). A mixin of LlmtopApp, so app.py stays the composition."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
 from textual import work
 
+from llmtop.engine.protocol import Status, Stop
+
 from .messages import EngineEventMessage, EngineStarted
 
 
 QUIT_WAIT_S = 0.3   # how long quitting waits for the engine to exit on its own
+HAND_BACK_WAIT_S = 120   # how long an adopted engine may take to finish what was in flight
 
 
 class EngineLink:
@@ -81,13 +85,33 @@ class EngineLink:
                 self._backend.close()
             except Exception:
                 pass
-        if self._owns_client:
+        if not self._owns_client:
+            self._hand_back(self.client)
+        else:
             with self._engine_lock:
                 if self.client is not None:
                     # a quit is instant: the engine gets Shutdown and a moment, then is
                     # terminated (it writes nothing the session needs after the last event)
                     self.client.close(timeout=QUIT_WAIT_S)
                     self.client = None
+
+    def _hand_back(self, client: Any) -> None:
+        """An adopted engine goes back to its owner idle: what this app had in flight is
+        stopped and its events drained here, so that the owner's next app does not read this
+        app's last "ready" as the answer to its own first command."""
+        if client is None:
+            return
+        if self.model.busy and client.alive():
+            idle = threading.Event()
+
+            def until_idle(ev: Any) -> None:
+                if isinstance(ev, Status) and ev.phase in ("ready", "error"):
+                    idle.set()
+
+            client.on_event = until_idle
+            client.send(Stop())
+            idle.wait(HAND_BACK_WAIT_S)
+        client.on_event = None
 
     def on_engine_event_message(self, msg: EngineEventMessage) -> None:
         if msg.generation != self.generation:

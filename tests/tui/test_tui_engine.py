@@ -158,9 +158,6 @@ def test_profile_key_shows_top_ops_and_busy_split(engine_client):
     run_async(body())
 
 
-@pytest.mark.skip(reason="issue 14.1, open: the engine now refuses mem_efficient before loading, "
-                  "and the DashboardModel reads that start-up error as 'cannot load this "
-                  "model' instead of falling back to the defaults")
 def test_config_failing_at_apply_time_is_reported_once_and_the_loop_goes_on(engine_client):
     """14.1 with the real engine: attention=mem_efficient (then cudnn) raises when the engine
     applies it on a CPU (no such SDPA kernel). At start-up the defaults take over and generate; later, the
@@ -209,8 +206,6 @@ def test_a_plain_question_gets_an_answer(engine_client):
     run_async(body())
 
 
-@pytest.mark.skip(reason="issue 14, open: after the merge ctrl+r starts a new engine but no "
-                  "tokens arrive from it within 300 s")
 def test_killed_engine_shows_error_and_restarts(engine_client):
     """Runs last of the shared-engine tests: it kills that engine."""
     async def body():
