@@ -72,14 +72,14 @@ def convert_embedded(progress: Progress) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        progress("reading the GGUF tokenizer", 0.05)
+        progress("first start only: reading the GGUF tokenizer", 0.05)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        progress("dequantizing GGUF weights to bf16", 0.5)
+        progress("first start only: dequantizing the GGUF weights to bf16", 0.2)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                      dtype=torch.bfloat16)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
-        progress("writing the bf16 safetensors cache", 0.9)
+        progress("first start only: writing the bf16 cache (later starts read it in ~1 s)", 0.8)
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
         try:
@@ -179,5 +179,5 @@ def load(spec: specs.ModelSpec, device: str, dtype: str, attn: str,
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-    progress("ready", 1.0)
+    progress("weights loaded", 1.0)
     return Loaded(model, tokenizer, spec, device, dtype, tp, devices or [device])

@@ -30,6 +30,10 @@ Emit = Callable[[Any], None]
 # the guard's reference: transformers as it comes (guard.BASELINE names it)
 BASELINE_OPTS = {**catalogue.DEFAULTS, "attention": "eager", "kv": "dynamic", "compile": "off",
                  "backend": "hf"}
+# where each step of a (re)load starts, as a fraction of the whole: the weights (on a first
+# start, the embedded model's one-time conversion too) up to 70 %, then the guard's baseline,
+# the device's ceilings, the backend and the guard; the fraction the Status events carry
+START = {"weights": 0.70, "baseline": 0.70, "ceilings": 0.80, "backend": 0.88, "guard": 0.92}
 
 
 class Engine:
@@ -50,6 +54,7 @@ class Engine:
         self.backend: Backend | None = None   # what runs the current configuration
         self.placement: tp.Placement | None = None   # every rank's device, from rank 0
         self.device = "cpu"        # this rank's own device (cuda:K of its placement)
+        self._step: tuple[str, float | None] = ("", None)   # the long step now running
         watch.install(self.emit)
 
     def emit(self, event: Any) -> None:
@@ -96,14 +101,15 @@ class Engine:
             self.ranks.mirror(cfg)  # followers run this same configure, in lockstep
         previous = self.backend
         if reload or type(previous) is not cls or not previous.takes_in_place(opts):
-            with self._heartbeat("loading", f"setting up backend {cls.name}"):
+            with self._heartbeat("loading", f"setting up backend {cls.name}",
+                                 START["backend"] if reload else None):
                 self.backend = cls(self.loaded, opts, self.emit, cfg.tp)
         else:
             self.backend.apply(opts)
         self.config = cfg
         self._announce(cfg, reload, t0)
         try:
-            self.guard = self._check(opts)
+            self.guard = self._check(opts, START["guard"] if reload else None)
         except RuntimeError as e:
             # e.g. a pinned SDPA kernel that refuses this model's shapes (GQA, head size)
             self.config = old if not reload else None
@@ -128,14 +134,17 @@ class Engine:
                                placement.devices[:1] if own_tp else placement.devices,
                                self._rank_lost)
         self.ranks.mirror(cfg)  # followers run this same configure from here on, in lockstep
-        with self._heartbeat("loading", f"loading {spec.name} on {self.device}"):
-            self.loaded = models.load(spec, self.device, cfg.dtype, "eager", self._progress,
+        with self._heartbeat("loading", f"loading {spec.name} on {self.device}", 0.0):
+            self.loaded = models.load(spec, self.device, cfg.dtype, "eager", self._load_progress,
                                       tp=1 if own_tp else cfg.tp,
                                       devices=self.ranks.devices(self.device))
         self.loaded.gpus, self.loaded.gpu_choice = placement.gpus, placement.why
-        self.baseline = self._trace(HfBackend(self.loaded, BASELINE_OPTS, self.emit, cfg.tp))
-        self.emit(Status("warming", "measuring the device's bandwidth and FLOP/s ceilings"))
-        self.ceilings = ceilings.get(self.device, models.DTYPES[cfg.dtype], self.loaded.model)
+        with self._heartbeat("warming", "the correctness guard's baseline (eager attention)",
+                             START["baseline"]):
+            self.baseline = self._trace(HfBackend(self.loaded, BASELINE_OPTS, self.emit, cfg.tp))
+        with self._heartbeat("warming", "the device's bandwidth and FLOP/s ceilings (measured "
+                             "once per device and dtype, then cached)", START["ceilings"]):
+            self.ceilings = ceilings.get(self.device, models.DTYPES[cfg.dtype], self.loaded.model)
 
     def _announce(self, cfg: Configure, reload: bool, t0: float) -> None:
         """ModelInfo, DeviceInfo and ConfigApplied: what now runs, where, and how it got there."""
@@ -149,14 +158,14 @@ class Engine:
         self.emit(ConfigApplied(cfg, "loaded" if reload else "in place",
                                 time.perf_counter() - t0))
 
-    def _check(self, opts: dict[str, str]) -> GuardResult:
+    def _check(self, opts: dict[str, str], progress: float | None = None) -> GuardResult:
         """The correctness guard on the check prompt (for a compiled configuration, its
         warm-up too, shown as the compiling phase)."""
         phase = "compiling" if opts["compile"] != "off" else "warming"
         if opts["gemm"] == "tunableop" and phase == "warming":
             phase = "tuning"
         tuning = self._tuning_watch()
-        with self._heartbeat(phase, "correctness guard on the check prompt"):
+        with self._heartbeat(phase, "correctness guard on the check prompt", progress):
             current = self._trace(self.backend, forced=self.baseline.ids)
         if tuning is not None:
             tuning.check("during the correctness check")
@@ -197,18 +206,25 @@ class Engine:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _progress(self, detail: str, fraction: float | None) -> None:
-        self.emit(Status("loading", detail, fraction))
+    def _load_progress(self, detail: str, fraction: float | None) -> None:
+        """A step of models.load (its fraction of the weights' share of the start-up)."""
+        self._step = (detail, None if fraction is None else START["weights"] * fraction)
+        self.emit(Status("loading", *self._step))
 
     @contextlib.contextmanager
-    def _heartbeat(self, phase: str, detail: str):
-        """Status events every 0.5 s with elapsed time while a long step runs."""
+    def _heartbeat(self, phase: str, detail: str, progress: float | None = None):
+        """Status events every 0.5 s with elapsed time while a long step runs. Each repeats the
+        latest step's words and (re)load fraction (a step inside may report its own), so a
+        label is never replaced by a generic one half a second later."""
         done = threading.Event()
         t0 = time.perf_counter()
+        self._step = (detail, progress)
+        if progress is not None:   # a step of a (re)load says so at once
+            self.emit(Status(phase, detail, progress))
 
         def beat() -> None:
             while not done.wait(0.5):
-                self.emit(Status(phase, detail, None, time.perf_counter() - t0))
+                self.emit(Status(phase, *self._step, time.perf_counter() - t0))
 
         thread = threading.Thread(target=beat, daemon=True)
         thread.start()

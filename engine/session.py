@@ -125,30 +125,29 @@ class EngineSession:
         events: list[dict[str, Any]] = []
         profile: dict[str, Any] | None = None
         while True:
-            try:
+            try:   # the interrupt can land anywhere in an iteration (printing a token, say)
                 ev = self._get("during a run")
+                if isinstance(ev, RunStarted) and ev.run_id == req.run_id:
+                    started = True
+                elif isinstance(ev, Token) and ev.run_id == req.run_id:
+                    self.on_progress("token", ev)
+                    if on_token is not None:
+                        on_token(ev)
+                elif isinstance(ev, EngineEvent):
+                    events.append(asdict(ev))
+                elif isinstance(ev, StepProfile) and ev.run_id == req.run_id:
+                    profile = asdict(ev)
+                elif isinstance(ev, RunDone) and ev.run_id == req.run_id:
+                    return Outcome(ev.record, error.kind if error else None,
+                                   error.message if error else "", events, profile)
+                elif isinstance(ev, Error):
+                    if ev.kind.fatal:
+                        return self._fatal(ev, events)
+                    error = ev
+                elif isinstance(ev, Status) and started and error is not None and ev.phase in ("ready", "error"):
+                    return Outcome(error_kind=error.kind, message=error.message, events=events)
             except KeyboardInterrupt:
                 if stopping or not self.stop_on_interrupt:
                     raise
                 stopping = True
                 self.client.send(Stop())
-                continue
-            if isinstance(ev, RunStarted) and ev.run_id == req.run_id:
-                started = True
-            elif isinstance(ev, Token) and ev.run_id == req.run_id:
-                self.on_progress("token", ev)
-                if on_token is not None:
-                    on_token(ev)
-            elif isinstance(ev, EngineEvent):
-                events.append(asdict(ev))
-            elif isinstance(ev, StepProfile) and ev.run_id == req.run_id:
-                profile = asdict(ev)
-            elif isinstance(ev, RunDone) and ev.run_id == req.run_id:
-                return Outcome(ev.record, error.kind if error else None,
-                               error.message if error else "", events, profile)
-            elif isinstance(ev, Error):
-                if ev.kind.fatal:
-                    return self._fatal(ev, events)
-                error = ev
-            elif isinstance(ev, Status) and started and error is not None and ev.phase in ("ready", "error"):
-                return Outcome(error_kind=error.kind, message=error.message, events=events)

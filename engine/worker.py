@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import sys
 import threading
 import traceback
 from multiprocessing.connection import Connection
@@ -44,7 +45,7 @@ def main(conn: Connection, log_path: str | None = None, threads_request: int | N
             except ValueError as e:
                 emit(Error(ErrorKind.PROTOCOL, str(e)))
                 continue
-            if isinstance(message, Stop):
+            if isinstance(message, (Stop, Shutdown)):   # a run in progress ends at its next token
                 stop.set()
             inbox.put(message)
 
@@ -68,7 +69,11 @@ def main(conn: Connection, log_path: str | None = None, threads_request: int | N
         try:
             if isinstance(message, Shutdown):
                 engine.close()  # tensor-parallel followers end with us (engine/tp.py)
-                break
+                conn.close()
+                # no interpreter teardown (torch's takes ~0.3 s): the owner's quit waits on it
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
             handler = handlers.get(type(message))
             if handler is not None:
                 handler(message)
@@ -87,7 +92,6 @@ def main(conn: Connection, log_path: str | None = None, threads_request: int | N
             lines = str(e).strip().splitlines()
             emit(Error(ErrorKind.INTERNAL, f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]))
             emit(Status("error", type(e).__name__))
-    conn.close()
 
 
 def _no_process_lock_for_progress_bars() -> None:

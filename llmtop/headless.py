@@ -11,6 +11,7 @@ from llmtop.engine.metrics import BUSY_LOAD
 from llmtop.engine.protocol import ErrorKind, Status, StepProfile, Token
 from llmtop.engine.session import EngineSession
 from llmtop.settings import UsageError, configure_from_args, engine_threads_from_args, generate_from_args
+from llmtop.tui.analysis import bar
 
 
 # silence from the engine this long ends the run as stalled (loading and compiling send a
@@ -134,7 +135,7 @@ def _progress(event: Status, err: TextIO) -> None:
     if not err.isatty():
         return
     if event.phase in ("loading", "compiling", "starting", "capturing", "tuning", "warming"):
-        extra = f" {event.progress:.0%}" if event.progress is not None else ""
+        extra = f" {bar(event.progress, 20)} {event.progress:.0%}" if event.progress is not None else ""
         extra += f" {event.elapsed_s:.0f}s" if event.elapsed_s else ""
         err.write(f"\r\033[K[{event.phase}] {event.detail}{extra}")
         err.flush()

@@ -27,7 +27,7 @@ from textual.reactive import var
 from textual.screen import Screen
 from textual.widgets import Input, Static, TabbedContent, TabPane
 
-from llmtop.engine.protocol import Configure, Generate
+from llmtop.engine.protocol import Configure, Generate, Shutdown
 from llmtop.engine.session_log import SessionWriter
 
 from . import theming
@@ -353,6 +353,14 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
         if isinstance(self.focused, Input) and action not in TYPING_SAFE:
             return False
         return True
+
+    async def action_quit(self) -> None:
+        self._trace_event("quit_key")   # the tmux test times the quit from here
+        if self._owns_client and self.client is not None:
+            # the engine ends its run and exits while Textual tears the screen down (~0.2 s);
+            # on_unmount then finds it gone or going
+            self.client.send(Shutdown())
+        self.exit()
 
     def action_focus_prompt(self) -> None:
         self.action_show_tab("run")

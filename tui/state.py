@@ -80,6 +80,7 @@ class Run:
     key: str
     sample: bool = False
     tp: int = 1
+    chat: bool = False               # prompt is the user's question (a chat template around it)
     first_step: int = 0              # global step number of this run's first token (plot x)
     stamps: list[int] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)      # request 0
@@ -262,7 +263,7 @@ class Session:
         opts = dict(cfg.opts)
         run = Run(ev.run_id, asked or (ev.prompts[0] if ev.prompts else ""), ev.prompt_tokens, ev.batch,
                   ev.max_new_tokens, ev.t_start_ns, opts, config_key(opts, ev.batch, prompt_len, cfg.tp),
-                  sample=sample, tp=cfg.tp, first_step=self.steps)
+                  sample=sample, tp=cfg.tp, chat=asked is not None, first_step=self.steps)
         self.current = run
         self.runs.append(run)
         return run

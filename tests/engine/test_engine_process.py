@@ -157,3 +157,56 @@ def test_step_profile_on_demand_only(engine):
     seen = []
     wait_for(engine, lambda e: isinstance(e, RunDone), seen=seen)
     assert not [e for e in seen if isinstance(e, StepProfile)]  # normal runs pay nothing
+
+
+def test_a_load_reports_each_step_with_a_rising_fraction():
+    """18.5: a (re)load says which step runs, with its share of the whole, from the weights to
+    the guard; none of its events is a bare heartbeat with no fraction."""
+    from llmtop.engine.client import EngineClient
+    from llmtop.engine.protocol import GuardResult, Status
+
+    client = EngineClient()
+    client.start()
+    try:
+        client.send(Configure(model="synthetic:tiny", device="cpu"))
+        seen: list = []
+        wait_for(client, lambda e: isinstance(e, (GuardResult, Error)), 300, seen)
+        steps = [e for e in seen if isinstance(e, Status) and e.phase in ("loading", "warming")]
+        fractions = [e.progress for e in steps]
+        assert None not in fractions, [(e.detail, e.progress) for e in steps]
+        assert fractions == sorted(fractions) and fractions[0] < 0.2 and fractions[-1] >= 0.9
+        words = " ".join(e.detail for e in steps)
+        for step in ("random weights", "guard's baseline", "ceilings", "correctness guard"):
+            assert step in words, words
+    finally:
+        client.close()
+
+
+def test_heartbeat_repeats_the_running_step_not_its_own_label():
+    """The label of a step inside a long one (a conversion inside the load) survives the
+    heartbeat, with its fraction and the elapsed time."""
+    import threading
+
+    from llmtop.engine.protocol import Status
+    from llmtop.engine.runner import START, Engine
+
+    events: list = []
+    engine = Engine(events.append, threading.Event())
+    with engine._heartbeat("loading", "loading the model", 0.0):
+        engine._load_progress("first start only: dequantizing", 0.5)
+        time.sleep(0.7)
+    beat = [e for e in events if isinstance(e, Status) and e.elapsed_s]
+    assert beat and beat[-1].detail == "first start only: dequantizing"
+    assert beat[-1].progress == START["weights"] * 0.5
+
+
+def test_shutdown_ends_a_running_generation_without_waiting_for_it(engine_factory):
+    """A quit must not wait for a 500-token run to finish (17.7)."""
+    from llmtop.engine.protocol import Shutdown
+
+    client = engine_factory(Configure(model="synthetic:tiny", device="cpu"))
+    client.send(Generate(run_id=1, prompt_len=16, max_new_tokens=100_000, ignore_eos=True))
+    wait_for(client, lambda e: isinstance(e, Token))
+    client.send(Shutdown())
+    client.process.join(10)
+    assert client.process.exitcode == 0

@@ -180,6 +180,8 @@ def test_decode_scale_ignores_a_100x_ttft_outlier_and_ticks_are_integers():
     labels = lp.place_labels([(10, "attention=eager"), (12, "recompile"), (60, "flex")], 0, 100, 60)
     spans = sorted((x / 100 * 60, x / 100 * 60 + len(t) + 1) for x, t in labels)
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])) and len(labels) == 2
+    # none over the legend, top left ("eilingTTFT" was a label drawn across it)
+    assert not lp.place_labels([(2, "compile")], 0, 100, 60, clear=lp.LEGEND_COLS)
 
     async def body(app, pilot):
         await fed(app, pilot)

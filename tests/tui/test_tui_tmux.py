@@ -52,7 +52,7 @@ def test_llmtop_in_tmux(tmp_path):
     env = {"LLMTOP_TRACE": str(trace), "XDG_CONFIG_HOME": str(tmp_path / "config")}
     exports = " ".join(f"{k}={v}" for k, v in env.items())
     # pytest's plugins export COLUMNS=80 LINES=24, which Textual would obey over the pane's size
-    shell = f"cd {tmp_path} && env -u COLUMNS -u LINES {exports} {command} --device cpu --max-new-tokens 12; echo LLMTOP-EXIT=$?; sleep 30"
+    shell = f"cd {tmp_path} && env -u COLUMNS -u LINES {exports} {command} --device cpu --max-new-tokens 12; echo LLMTOP-EXIT=$? AT=$(date +%s.%N); sleep 30"
     tmux("new-session", "-d", "-s", name, "-x", "160", "-y", "50", shell)
     try:
         text = wait_screen(name, lambda t: TPOT.search(t) and GENERATED.search(t), 300,
@@ -66,9 +66,20 @@ def test_llmtop_in_tmux(tmp_path):
         wait_screen(name, lambda t: "llmtop keys" in t and "restart the engine" in t, 20, "the help screen")
         tmux("send-keys", "-t", name, "Escape")
         wait_screen(name, lambda t: "llmtop keys" not in t, 20, "the help screen to close")
+        # issue 17.7: q while generating gives the terminal back in under a second, silently
+        tmux("send-keys", "-t", name, "Space")
+        wait_screen(name, lambda t: "generating" in t, 60, "generating again")
         tmux("send-keys", "-t", name, "q")
-        wait_screen(name, lambda t: "LLMTOP-EXIT=0" in t, 30, "llmtop to exit with status 0")
+        text = wait_screen(name, lambda t: "LLMTOP-EXIT=0" in t, 30, "llmtop to exit with status 0")
         events = [json.loads(line) for line in trace.read_text().splitlines()]
+        quit_at = next(e["t"] for e in events if e["event"] == "quit_key")
+        free_at = float(re.search(r"AT=(\d+\.\d+)", text).group(1))
+        # 1 s on a quiet machine; a busy one (CI beside other jobs) runs us slower by its load
+        load = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+        print(f"q -> free terminal: {free_at - quit_at:.2f} s (load per core {load:.1f})")
+        assert free_at - quit_at < 1.0 * load, f"the quit took {free_at - quit_at:.2f} s"
+        after = text[:text.index("LLMTOP-EXIT")]
+        assert "leaked" not in after and "Traceback" not in after, after
         pids = [e["pid"] for e in events if e["event"] == "engine_started"]
         assert pids, "the trace has no engine pid"
         for pid in pids:

@@ -142,6 +142,20 @@ def test_latency_colouring():
     assert styles[fx.LAT_1.index(55.3)] == "yellow"             # 1.36x
     assert styles[1] == "white"
     assert sum("red" in st for st in styles) == 1 and styles.count("yellow") == 1
+    # a chat run's answer starts a line of its own; a continuation follows its prompt
+    assert run_text(run, colours).plain.startswith(f"#{run.run_id} {run.prompt}{fx.TEXT_1[0]}")
+    run.chat = True
+    assert f"{run.prompt}\n→ {fx.TEXT_1[0]}" in run_text(run, colours).plain
+
+
+def test_footer_shows_one_key_per_binding():
+    """ "? Help", not "question_mark,f1 Help" (a binding of two keys shows its first)."""
+    async def body(app, pilot):
+        await pilot.pause()
+        line = screen_text(app).splitlines()[-1]
+        assert "? Help" in line and "question_mark" not in line and "," not in line
+
+    run_app(body)
 
 
 @pytest.mark.parametrize("device,roof,busy,kind", [

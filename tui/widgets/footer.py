@@ -9,6 +9,8 @@ still act there (issue 14.2).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.text import Text
 from textual.widget import Widget
 from textual.widgets import Input
@@ -30,8 +32,9 @@ class KeyFooter(Widget):
         app = self.app
         if isinstance(app.focused, Input):
             return list(TYPING)
-        return [(app.get_key_display(b), b.description) for b in app.BINDINGS
-                if getattr(b, "show", False)]
+        # a binding of several keys ("question_mark,f1") shows its first, as "?"
+        return [(app.get_key_display(replace(b, key=b.key.split(",")[0])), b.description)
+                for b in app.BINDINGS if getattr(b, "show", False)]
 
     def render(self) -> Text:
         v = palette(self.app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
+from ..analysis import bar
 from ..state import AXIS_ORDER
 from .base import Coalesced, palette
 
@@ -39,7 +40,7 @@ class LlmtopHeader(Widget, Coalesced):
         if s.elapsed_s and not wait:
             text += f" {s.elapsed_s:.0f} s"
         if s.progress is not None:
-            text += f" {s.progress:.0%}"
+            text += f" {bar(s.progress, 10)} {s.progress:.0%}"
         if model.paused and s.phase in ("ready", "generating"):
             text += " · paused" if s.phase == "generating" else ""
             if s.phase == "ready":

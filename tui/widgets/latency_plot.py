@@ -29,6 +29,7 @@ MARKER_LABEL = {"config": "cfg", "recompile": "recompile", "recompile_limit": "r
                 "compile": "compile", "failed": "failed", "tuning": "tune"}
 CLIP_PCT = 98      # the decode axis tops out at 1.5x this percentile of the steps shown
 AXIS_COLS = 10     # columns plotext takes for each y axis' ticks
+LEGEND_COLS = len(" L ⢕⢕ decode step ")   # the legend's width, top left: no label there
 
 
 def decode_top(ys: list[float], floor: float | None = None) -> float:
@@ -48,11 +49,13 @@ def int_ticks(lo: int, hi: int, most: int) -> list[int]:
     return list(range(first, hi + 1, step))
 
 
-def place_labels(markers: list[tuple[int, str]], lo: int, hi: int, cols: int) -> list[tuple[float, str]]:
-    """(x, label) of the marker labels that fit without touching each other, the newest kept
-    first; a label near the right edge ends at its marker instead of starting there."""
+def place_labels(markers: list[tuple[int, str]], lo: int, hi: int, cols: int,
+                 clear: int = 0) -> list[tuple[float, str]]:
+    """(x, label) of the marker labels that fit without touching each other or the first
+    `clear` columns (the legend's), the newest kept first; a label near the right edge ends at
+    its marker instead of starting there."""
     span = max(1, hi - lo)
-    placed: list[tuple[float, float]] = []
+    placed: list[tuple[float, float]] = [(0.0, float(clear))] if clear else []
     out = []
     for step, label in sorted(markers, reverse=True):
         label = label[:max(1, cols - 1)]
@@ -123,15 +126,15 @@ class LatencyPlot(PlotextPlot, Coalesced):
         hi = max(xs[-1:] + tx[-1:])
         if floor:
             plt.hline(floor, color=self._rgb("success"))
-            plt.text("decode floor", lo, floor, color=self._rgb("success"))
+            plt.text("decode floor", lo, floor, color=self._rgb("success"), alignment="left")
         cols = max(10, self.size.width - 2 * AXIS_COLS)
         shown = [(mk.step, mk.label if mk.kind in ("config", "failed") and mk.label
                   else MARKER_LABEL.get(mk.kind, mk.kind)) for mk in session.markers
                  if lo <= mk.step <= hi + 1]
         for step, _ in shown:
             plt.vline(step, color=self._rgb("warning"))
-        for x, label in place_labels(shown, lo, max(hi, lo + 1), cols):
-            plt.text(label, x, sc.decode_top * 0.97, color=self._rgb("warning"))
+        for x, label in place_labels(shown, lo, max(hi, lo + 1), cols, LEGEND_COLS):
+            plt.text(label, x, sc.decode_top * 0.97, color=self._rgb("warning"), alignment="left")
         plt.ylim(0, sc.decode_top * 1.04)
         plt.xlim(lo, max(hi, lo + 1))
         ticks = int_ticks(lo, max(hi, lo + 1), max(2, cols // 8))

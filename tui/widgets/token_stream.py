@@ -20,6 +20,8 @@ def run_text(run: Run, colours: dict[str, str]) -> Text:
     if run.batch > 1:
         text.append(f"(request 1 of {run.batch}) ", style=colours["muted"])
     text.append(run.prompt, style=f"italic {colours['muted']}")
+    if run.chat:   # an answer, not a continuation: on its own line
+        text.append("\n→ ", style=colours["muted"])
     lats = run.latencies_ms()
     gaps = lats[1:]
     median = statistics.median(gaps) if gaps else 0.0
