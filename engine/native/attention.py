@@ -82,6 +82,7 @@ def decode_parts(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     """q [B, H, D] (one new token per row, rotated); the caches [rows or pages, slots, KV
     heads, D]; row b attends to its slots 0 .. lens[b]. Returns the parts [B, H, NSPLIT, D]
     and their log-sum-exps [B, H, NSPLIT] (fp32), for model.merge."""
+    q = q.contiguous()                      # the kernel steps over D with stride 1
     b, heads, dim = q.shape
     kv_heads = k_cache.shape[2]
     group = heads // kv_heads

@@ -10,8 +10,9 @@ replays the next size up, its extra rows idle.
 
 With compile=full the step's pure pieces (model.Pieces: norm + q/k/v + rotary; merge + o +
 MLP; the LM head) are compiled with fullgraph=True once per batch size: one compiled version
-serves all layers, and the attention kernel between them runs as it is inside the graph. max-autotune with coordinate descent picks Triton GEMV
-tilings (the issue's yardstick: 3.55 ms against cuBLAS's 4.06 ms for a 7B's weights).
+serves all layers, and the attention kernel between them runs as it is inside the graph.
+max-autotune with coordinate descent picks Triton GEMV tilings (the issue's yardstick: 3.55 ms
+against cuBLAS's 4.06 ms for a 7B's weights).
 
 Compiling and capturing happen in the constructor (configure time), each one EngineEvent with
 its duration; the graphs share one memory pool (they never run at once), largest first.

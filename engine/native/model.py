@@ -280,7 +280,7 @@ class NativeLlama:
             for i, lay in enumerate(self.layers):
                 q = fns.attn_in(x, lay.attn_norm, lay.wqkv, self.cos, self.sin, pos, s,
                                 cache.k[i], cache.v[i], at)[0]
-                parts, lse = self.decode_parts(q.view(b, s.heads, s.head_dim), cache.k[i],
+                parts, lse = self.decode_parts(q.reshape(b, s.heads, s.head_dim), cache.k[i],
                                                cache.v[i], lens, table, page)
                 x = fns.merge_out_mlp(x, parts, lse, lay.wo, lay.mlp_norm, lay.w13, lay.w2,
                                       s.eps, self.all_reduce)
