@@ -179,8 +179,9 @@ def step_profile(native: NativeBackend, loaded: models.Loaded, steps: int = 32) 
             and e.self_device_time_total > 0]
     kern.sort(key=lambda e: -e.self_device_time_total)
     busy = sum(e.self_device_time_total for e in kern) / 1e3 / (steps + 1)  # prefill included
+    launches = sum(e.count for e in kern) / (steps + 1)
     print(f"\n# step profile, static 1x128: wall {wall:.3f} ms/step, kernels {busy:.3f} "
-          f"ms/step (prefill spread in), gaps {wall - busy:.3f} ms")
+          f"ms/step (prefill spread in), gaps {wall - busy:.3f} ms, {launches:.0f} kernels/step")
     print("| kernel | calls/step | us/call | ms/step |\n|---|---|---|---|")
     for e in kern[:14]:
         per = e.self_device_time_total / 1e3 / (steps + 1)

@@ -1,17 +1,18 @@
-"""The decode step, eager or captured once per (batch size, KV span) with CUDA graphs.
+"""The decode step, eager or captured once per batch size with CUDA graphs.
 
-Why spans: a captured graph has fixed shapes, and attending over the whole context every step
-would read the whole cache (at 4096 slots, 2 GB per request per step on a 7B). So the step is
-captured for spans of SPAN_STEP slots up to the context, and each step replays the smallest
-span that covers the longest row: at most SPAN_STEP - 1 slots read in vain, and nothing is ever
-recompiled or recaptured while a sequence grows. Batch sizes are captured at powers of two up
-to the cache's batch; a batch in between replays the next size up, its extra rows idle.
+The decode kernel (attention.py) reads each row up to its own length from `lens` on the
+device, so one graph per batch size serves every length: nothing is recompiled or recaptured
+while a sequence grows. Where SDPA attends instead (a head_dim the kernel does not tile), a
+graph's fixed shapes would make it read the whole context each step, so the step is captured
+per span of SPAN_STEP slots and each step replays the smallest span that covers the longest
+row. Batch sizes are captured at powers of two up to the cache's batch; a batch in between
+replays the next size up, its extra rows idle.
 
-With compile=full the step's pure pieces (model.Pieces: norm + q/k/v + rotary; o + MLP; the
-LM head) are compiled with fullgraph=True once per batch size: one compiled version serves all
-layers, and the attention between them, whose span varies, stays eager inside the graph, so a
-growing sequence never recompiles. max-autotune with coordinate descent picks Triton GEMV
-tilings (the issue's yardstick: 3.55 ms against cuBLAS's 4.06 ms for a 7B's weights).
+With compile=full the step's pure pieces (model.Pieces: norm + q/k/v + rotary; merge + o +
+MLP; the LM head) are compiled with fullgraph=True once per batch size: one compiled version
+serves all layers, and the attention kernel between them runs as it is inside the graph.
+max-autotune with coordinate descent picks Triton GEMV tilings (the issue's yardstick: 3.55 ms
+against cuBLAS's 4.06 ms for a 7B's weights).
 
 Compiling and capturing happen in the constructor (configure time), each one EngineEvent with
 its duration; the graphs share one memory pool (they never run at once), largest first.
@@ -25,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from .model import EAGER, Pieces, attn_in, attn_out_mlp, head, NativeUnsupported
+from .model import EAGER, NativeUnsupported, Pieces, attn_in, attn_out_mlp, head, merge_out_mlp
 
 SPAN_STEP = 256      # KV slots per captured span
 
@@ -35,7 +36,7 @@ def compiled(mode: str | None) -> Pieces:
     """One compiled set per mode for the process: a later backend reuses its compiled code."""
     kw = dict(fullgraph=True, dynamic=False, mode=mode)
     return Pieces(torch.compile(attn_in, **kw), torch.compile(attn_out_mlp, **kw),
-                  torch.compile(head, **kw))
+                  torch.compile(merge_out_mlp, **kw), torch.compile(head, **kw))
 
 
 def graph_batches(max_batch: int) -> list[int]:
@@ -61,7 +62,8 @@ class Decoder:
         self.ids = torch.zeros(max_batch, 1, dtype=torch.long, device=device)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.batches = sorted(batches or graph_batches(max_batch))
-        self.spans = list(range(SPAN_STEP, cache.context, SPAN_STEP)) + [cache.context]
+        self.spans = [cache.context] if model.decode_parts is not None else \
+            list(range(SPAN_STEP, cache.context, SPAN_STEP)) + [cache.context]
         if capture:
             if torch.device(device).type != "cuda":
                 raise NativeUnsupported("compile=full captures the decode step in CUDA graphs, "
@@ -73,8 +75,10 @@ class Decoder:
                      f"{self.batches}", start, (time.perf_counter_ns() - start) / 1e6)
             start = time.perf_counter_ns()
             self._capture_all()
+            spans = "KV read in place" if len(self.spans) == 1 else \
+                f"KV spans of {SPAN_STEP} to {self.spans[-1]}"
             on_event("capture", f"native decode step: {len(self.graphs)} CUDA graphs "
-                     f"(batch {self.batches}, KV spans of {SPAN_STEP} to {self.spans[-1]})",
+                     f"(batch {self.batches}, {spans})",
                      start, (time.perf_counter_ns() - start) / 1e6)
 
     def _compile_all(self) -> None:

@@ -4,7 +4,8 @@ Both are preallocated at construction, so their addresses never change and a cap
 step keeps working. Both expose the same calls to the forward, each computed once per step,
 not per layer: `targets(rows, slots)`, the index pair where token (rows[i], slots[i]) lives
 (`cache.k[layer][targets] = k` stores it), and `pages(batch, span)`, what `read(layer, batch,
-span, pages)` gathers ([batch, kv_heads, span, head_dim]).
+span, pages)` gathers ([batch, kv_heads, span, head_dim]) for SDPA; on CUDA the decode kernel
+(attention.py) reads the pool in place through `blocks()` instead.
 
 static reserves a whole context row per request; paged hands a request one page at a time as
 it grows (the host knows every length, so allocating never waits for the device), which is
@@ -50,6 +51,10 @@ class StaticKV:
 
     def pages(self, batch: int, span: int) -> None:
         return None
+
+    def blocks(self) -> tuple[None, int]:
+        """What the decode kernel reads the rows through: no table, slots in place."""
+        return None, 1
 
     def read(self, layer: int, batch: int, span: int,
              pages: None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +123,10 @@ class PagedKV:
 
     def pages(self, batch: int, span: int) -> torch.Tensor:
         return self.table[:batch, :math.ceil(span / self.page)]
+
+    def blocks(self) -> tuple[torch.Tensor, int]:
+        """The decode kernel reads each row's pages through the table, no gather."""
+        return self.table, self.page
 
     def read(self, layer: int, batch: int, span: int,
              pages: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
