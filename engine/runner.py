@@ -20,7 +20,7 @@ from llmtop.engine.protocol import (STALLS, ConfigApplied, Configure, DeviceInfo
                                     Error, ErrorKind, Generate, GuardResult, ModelInfo, RunDone,
                                     RunStarted, Status, Token)
 
-from . import catalogue, ceilings, generate, guard, models, record, threads, tp, watch
+from . import catalogue, ceilings, generate, guard, models, record, threads, tp, tp_placement, watch
 from .backends import Backend, backend_class
 from .backends.hf import HfBackend
 from .step_profile import StepProfiler
@@ -52,7 +52,7 @@ class Engine:
         self.baseline: guard.Trace | None = None
         self.guard: GuardResult | None = None
         self.backend: Backend | None = None   # what runs the current configuration
-        self.placement: tp.Placement | None = None   # every rank's device, from rank 0
+        self.placement: tp_placement.Placement | None = None   # every rank's device, from rank 0
         self.device = "cpu"        # this rank's own device (cuda:K of its placement)
         self._step: tuple[str, float | None] = ("", None)   # the long step now running
         watch.install(self.emit)
@@ -83,10 +83,10 @@ class Engine:
         catalogue.check(opts, cfg.device)
         gpus = list(cfg.gpus) if cfg.gpus is not None else None
         if self.ranks.rank == 0:  # --tp: heads divisible, GPUs there; before anything loads
-            tp.check(spec, cfg.device, cfg.tp, opts)
-            placement = tp.place(cfg.device, cfg.tp, gpus)
+            tp_placement.check(spec, cfg.device, cfg.tp, opts)
+            placement = tp_placement.place(cfg.device, cfg.tp, gpus)
         else:  # a follower: rank 0 placed it (Follower.receive wrote its device into cfg)
-            placement = tp.Placement([cfg.device])
+            placement = tp_placement.Placement([cfg.device])
         cfg = Configure(cfg.model, cfg.device, cfg.dtype, opts, cfg.tp, gpus)
         old = self.config
         cls = backend_class(opts)
@@ -123,7 +123,7 @@ class Engine:
         self.emit(self.guard)
         self.emit(Status("ready", f"{spec.name} on {', '.join(dict.fromkeys(self.loaded.devices))}"))
 
-    def _load(self, spec: specs.ModelSpec, cfg: Configure, placement: tp.Placement,
+    def _load(self, spec: specs.ModelSpec, cfg: Configure, placement: tp_placement.Placement,
               own_tp: bool) -> None:
         """A fresh model (and followers to match cfg.tp), its guard baseline and ceilings.
         `own_tp`: the backend runs its own tensor parallelism (one unsharded copy here)."""

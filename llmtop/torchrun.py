@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if int(os.environ["RANK"]) == 0:
         from llmtop.cli import main as cli_main
-        from llmtop.engine.tp import EXTERNAL_ENV
+        from llmtop.engine.tp_placement import EXTERNAL_ENV
 
         os.environ[EXTERNAL_ENV] = "1"
         return cli_main(argv if argv is not None else sys.argv[1:])

@@ -201,25 +201,25 @@ def test_followers_exit_when_rank_0_is_killed():
 def test_check_reads_heads_without_loading(tmp_path):
     import torch
 
-    from llmtop.engine import catalogue, spec, tp
+    from llmtop.engine import catalogue, spec, tp_placement
 
     if torch.cuda.is_available():  # this process saw the GPUs before cpu_only could hide them
         with pytest.raises(catalogue.OptionError, match="use --device cuda"):
-            tp.check(spec.resolve(TINY), "cpu", 2, {})
+            tp_placement.check(spec.resolve(TINY), "cpu", 2, {})
     else:
-        tp.check(spec.resolve(TINY), "cpu", 2, {})
-        tp.check(spec.resolve(TINY), "cpu", 4, {})
+        tp_placement.check(spec.resolve(TINY), "cpu", 2, {})
+        tp_placement.check(spec.resolve(TINY), "cpu", 4, {})
     with pytest.raises(catalogue.OptionError, match="sizes that fit: 1, 2, 4"):
-        tp.check(spec.resolve(TINY), "cpu", 8, {})   # 8 heads, but only 4 KV heads
+        tp_placement.check(spec.resolve(TINY), "cpu", 8, {})   # 8 heads, but only 4 KV heads
     folder = tmp_path / "vlm"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(
         {"text_config": {"num_attention_heads": 12, "num_key_value_heads": 6}}))
-    assert tp.head_counts(spec.resolve(str(folder))) == (12, 6)
+    assert tp_placement.head_counts(spec.resolve(str(folder))) == (12, 6)
     with pytest.raises(catalogue.OptionError, match="does not divide"):
-        tp.check(spec.resolve(str(folder)), "cpu", 4, {})
+        tp_placement.check(spec.resolve(str(folder)), "cpu", 4, {})
     past = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 on a CPU box)
     with pytest.raises(catalogue.OptionError, match="torch sees"):
-        tp.check(spec.resolve(TINY), past, 2, {})
+        tp_placement.check(spec.resolve(TINY), past, 2, {})
     with pytest.raises(catalogue.OptionError, match="paged"):
-        tp.check(spec.resolve(TINY), "cpu", 2, {"kv": "paged"})
+        tp_placement.check(spec.resolve(TINY), "cpu", 2, {"kv": "paged"})

@@ -1,11 +1,12 @@
-"""engine/tp.py `place`: the engine's glue between the GPU-set choice and torch, on a CPU, with
+"""engine/tp_placement.py `place`: the engine's glue between the GPU-set choice and torch, on a CPU, with
 the fake pynvml standing in for the driver and torch's side (UUIDs, current device) given."""
 
 from __future__ import annotations
 
 import pytest
 
-from llmtop.engine import catalogue, tp
+from llmtop.engine import catalogue
+from llmtop.engine import tp_placement as tp
 from llmtop.profilers.nvml import NvmlBackend
 
 from ..fakes.loader import load_fake
@@ -87,7 +88,8 @@ def test_plain_cuda_passes_the_up_front_check_when_enough_gpus_are_seen(monkeypa
     import pytest
     import torch
 
-    from llmtop.engine import catalogue, tp
+    from llmtop.engine import catalogue
+    from llmtop.engine import tp_placement as tp
     from llmtop.engine.spec import resolve
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
