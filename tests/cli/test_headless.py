@@ -158,3 +158,24 @@ def test_headless_tp2_names_the_ranks_and_the_collective_share(tmp_path):
     assert (f"collectives: {prof['collective_ms']:.2f} ms/decode step ({prof['collective_pct']:.0f}% "
             f"of each decode step) in {prof['collective_calls']} all-reduce / all-gather calls over 2 ranks"
             ) in p.stdout
+
+
+def test_headless_progress_draws_the_step_and_a_bar_on_a_terminal():
+    """18.5: headless shows the step's words, a bar and the share on a terminal (and nothing
+    when stderr is a file or a pipe)."""
+    import io
+
+    from llmtop import headless
+    from llmtop.engine.protocol import Status
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    ev = Status("loading", "first start only: dequantizing the GGUF weights to bf16", 0.5, 7.0)
+    headless._progress(ev, tty)
+    headless._progress(ev, pipe)
+    assert "[loading] first start only: dequantizing" in tty.getvalue()
+    assert "██████████ " in tty.getvalue() and "50% 7s" in tty.getvalue()
+    assert pipe.getvalue() == ""

@@ -546,3 +546,20 @@ def test_tp_control_reconfigures_between_runs():
 
     sent: list = []
     run_app(body)
+
+
+def test_header_shows_the_load_step_its_bar_and_share():
+    """18.5: a first start says which step runs (the one-time conversion as such), with a bar."""
+    async def body(app, pilot):
+        step = "first start only: dequantizing the GGUF weights to bf16"
+        app.handle_event(Status("loading", step, 0.14, 12.0))
+        app.redraw_all()
+        await pilot.pause()
+        top = "\n".join(screen_text(app).splitlines()[:2])
+        assert step in top and "14%" in top and "█" in top, top
+        app.handle_event(Status("ready", "waiting for a configuration"))
+        app.redraw_all()
+        await pilot.pause()
+        assert step not in screen_text(app)
+
+    run_app(body)

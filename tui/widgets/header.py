@@ -103,6 +103,8 @@ class LlmtopHeader(Widget, Coalesced):
         line.append_text(right)
 
         badges = Text(no_wrap=True, overflow="ellipsis")
+        status = session.status   # a (re)load's step, in its own words, while the bar above runs
+        step = status.detail if status.progress is not None and status.phase != "ready" else ""
         if opts:
             shown = [f"{axis} {opts[axis]}" for axis in AXIS_ORDER if axis in opts and axis != "backend"]
             pad = " " if sum(len(b) + 3 for b in shown) <= width else ""  # narrow: badges touch less
@@ -110,7 +112,9 @@ class LlmtopHeader(Widget, Coalesced):
                 badges.append(f"{pad}{badge}{pad}", style=f"{v['foreground']} on {v['primary-muted']}"
                               if "primary-muted" in v else f"reverse {v['primary']}")
                 badges.append(" ")
-        else:
+        if step:
+            badges.append(f"{'· ' if opts else ''}{step}", style=v["warning"])
+        elif not opts:
             badges.append("no configuration applied yet", style="dim")
         pending = app.model.pending_changes()
         if pending:
