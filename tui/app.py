@@ -30,7 +30,7 @@ from textual.widgets import Input, Static, TabbedContent, TabPane
 from llmtop.engine.protocol import Configure, Generate, Shutdown
 from llmtop.engine.session_log import SessionWriter
 
-from . import theming
+from . import textual_fixes, theming
 from .commands import palette_commands
 from .messages import SessionSaved
 from .engine_link import EngineLink
@@ -52,6 +52,8 @@ from .widgets.numa_panel import NumaPanel
 from .widgets.optimizations import OptimizationsPanel
 from .widgets.run_settings import RunSettingsPanel
 from .widgets.token_stream import TokenStream
+
+textual_fixes.apply()
 
 DEFAULT_PROMPT = PROMPT_SET[0]
 TABS = ("optimize", "run", "gpu", "host", "numa")

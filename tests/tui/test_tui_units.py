@@ -23,7 +23,7 @@ from llmtop.tui.requests import RunSettings
 from llmtop.tui.widgets.token_stream import run_text
 
 from . import fixed_session as fx
-from .helpers import screen_text
+from .helpers import run_async, screen_text
 
 
 @pytest.fixture(autouse=True)
@@ -563,3 +563,33 @@ def test_header_shows_the_load_step_its_bar_and_share():
         assert step not in screen_text(app)
 
     run_app(body)
+
+
+def test_closed_screens_leave_no_rendered_lines_behind():
+    """Issue 14.10: a command palette opened and closed again and again (as a toggle does) must
+    not keep its widgets' line caches alive. Textual's StylesCache.get_inner_outer lru_cache held
+    every widget's StylesCache (tui/textual_fixes.py); their number must not grow with the opens."""
+    import gc
+
+    from textual._styles_cache import StylesCache
+
+    def live() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, StylesCache))
+
+    async def main():
+        app = LlmtopApp(start_engine=False, telemetry=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            fx.feed(app)
+            counts = []
+            for opens in range(12):
+                await pilot.press("ctrl+p")
+                await pilot.pause()
+                await pilot.press("escape")
+                await pilot.pause()
+                if opens in (1, 11):
+                    counts.append(live())
+            return counts
+
+    first, last = run_async(main())
+    assert last - first <= 5, f"{last - first} StylesCache kept after 10 more palette opens"
