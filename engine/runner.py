@@ -7,6 +7,7 @@ the record and the events are the runner's, the same for every backend.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import threading
 import time
@@ -203,6 +204,7 @@ class Engine:
             self.backend.close()
             self.backend = None
         gc.collect()
+        _return_freed_memory()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -356,3 +358,12 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _return_freed_memory() -> None:
+    """Gives the freed heap back to the OS (glibc keeps it otherwise): after an fp32 model
+    or a static cache is unloaded, the engine's resident memory would stay at its peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc (macOS, musl): nothing to trim
+        pass
