@@ -441,6 +441,9 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
         tabs.active = tab
         if self.screen_stack[0].has_class("-stacked"):  # below the first screen: bring it up
             tabs.scroll_visible(top=True, animate=False)
+        if tab == "optimize" and self.screen is self.screen_stack[0]:
+            # `o` then the arrows and Enter: the cursor is in the first axis' list
+            self.screen.set_focus(self.screen.query_one("#opt-attention"))
 
     def action_next_tab(self, step: int) -> None:
         tabs = self.screen_stack[0].query_one("#tabs", TabbedContent)

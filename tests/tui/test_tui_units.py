@@ -593,3 +593,16 @@ def test_closed_screens_leave_no_rendered_lines_behind():
 
     first, last = run_async(main())
     assert last - first <= 5, f"{last - first} StylesCache kept after 10 more palette opens"
+
+
+def test_o_puts_the_cursor_in_the_first_axis_list():
+    """A person presses o, then the arrows and Enter (issue 14.8): no Tab hunt for the list."""
+    async def body(app, pilot):
+        fx.feed(app)
+        await pilot.pause()
+        await pilot.press("o")
+        await pilot.pause()
+        assert app.focused is app.query_one("#opt-attention")
+        assert app.focused.highlighted is not None
+
+    run_app(body)
