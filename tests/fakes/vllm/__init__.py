@@ -15,22 +15,22 @@ import importlib
 
 __version__ = "0.0.0+llmtop.fake"
 
-_lazy_modules = {
-    "EngineArgs": "vllm.engine.arg_utils:EngineArgs",
-    "LLMEngine": "vllm.engine.llm_engine:LLMEngine",
-    "PromptType": "vllm.inputs:PromptType",
-    "TextPrompt": "vllm.inputs:TextPrompt",
-    "TokensPrompt": "vllm.inputs:TokensPrompt",
-    "CompletionOutput": "vllm.outputs:CompletionOutput",
-    "RequestOutput": "vllm.outputs:RequestOutput",
-    "SamplingParams": "vllm.sampling_params:SamplingParams",
+MODULE_ATTRS = {   # as vLLM's own table: relative module paths, resolved on first use
+    "EngineArgs": ".engine.arg_utils:EngineArgs",
+    "LLMEngine": ".engine.llm_engine:LLMEngine",
+    "PromptType": ".inputs:PromptType",
+    "TextPrompt": ".inputs:TextPrompt",
+    "TokensPrompt": ".inputs:TokensPrompt",
+    "CompletionOutput": ".outputs:CompletionOutput",
+    "RequestOutput": ".outputs:RequestOutput",
+    "SamplingParams": ".sampling_params:SamplingParams",
 }
 
-__all__ = ["__version__", *_lazy_modules]
+__all__ = ["__version__", *MODULE_ATTRS]
 
 
 def __getattr__(name: str):
-    if name in _lazy_modules:
-        module_path, attr = _lazy_modules[name].split(":")
-        return getattr(importlib.import_module(module_path), attr)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in MODULE_ATTRS:
+        module_name, attr = MODULE_ATTRS[name].split(":")
+        return getattr(importlib.import_module(module_name, __package__), attr)
+    raise AttributeError(f"module {__package__} has no attribute {name}")
