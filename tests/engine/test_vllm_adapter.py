@@ -398,3 +398,71 @@ def test_an_hf_engine_never_imports_vllm(tmp_path):
                        env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split()[-2:] == ["True", "[]"], p.stdout
+
+
+OWNER = """
+import sys, time
+from llmtop.engine.client import EngineClient
+from llmtop.engine.protocol import Configure, Error, GuardResult
+client = EngineClient(log_path=sys.argv[1])
+client.start()
+client.send(Configure(model="synthetic:tiny", device="cpu", dtype="fp32", tp=2,
+                      opts={"backend": "vllm"}))
+while True:
+    event = client.get(timeout=300)
+    if isinstance(event, (GuardResult, Error)):
+        break
+print(type(event).__name__, client.pid, getattr(event, "message", ""), flush=True)
+if sys.argv[2] == "close":
+    client.close()
+    print("closed", flush=True)
+time.sleep(600)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """Whether a process has ended (a zombie waiting for its reaper counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("how", ["owner killed", "close"])
+def test_vllm_tp_workers_never_outlive_the_engines_owner(tmp_path, how):
+    """backend=vllm --tp 2: vLLM starts a worker a rank from the (daemonic) engine process,
+    which multiprocessing refuses unless the engine lifts its flag for it. The engine still
+    never outlives its owner, nor the workers the engine: SIGKILL the owner (the dashboard),
+    or close the client, and every process of the group is gone within seconds."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "vllm").symlink_to(FAKE, target_is_directory=True)
+    pids_file = tmp_path / "workers"
+    env = {**os.environ, "FAKE_VLLM_WORKER_PIDS": str(pids_file),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path / "engine.log"),
+                              "close" if how == "close" else "stay"],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        kind, engine_pid, *why = owner.stdout.readline().split(maxsplit=2)
+        assert kind == "GuardResult", why
+        workers = [int(p) for p in pids_file.read_text().split()]
+        assert len(workers) == 2
+        if how == "close":
+            assert owner.stdout.readline().strip() == "closed"
+        else:
+            assert not any(_gone(p) for p in [int(engine_pid), *workers])
+            owner.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(
+                _gone(p) for p in [int(engine_pid), *workers]):
+            time.sleep(0.1)
+        assert all(_gone(p) for p in [int(engine_pid), *workers])
+    finally:
+        owner.kill()
+        owner.wait()

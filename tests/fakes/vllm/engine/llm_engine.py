@@ -67,13 +67,15 @@ class FakeTokenizer:
         return "".join(f"<{i}>" for i in ids if not (skip_special_tokens and i < 100))
 
 
-def _worker_main(rank: int, death_pipe: Any) -> None:
-    """A tensor-parallel worker: records its pid, then lives until its engine's process is
-    gone (EOF on the death pipe) or shuts it down."""
+def _worker_main(rank: int, death_pipe: Any, ready: Any) -> None:
+    """A tensor-parallel worker: records its pid, says it is ready, then lives until its
+    engine's process is gone (EOF on the death pipe) or shuts it down."""
     path = os.environ.get("FAKE_VLLM_WORKER_PIDS")
     if path:
         with open(path, "a") as f:
             f.write(f"{os.getpid()}\n")
+    ready.send("READY")
+    ready.close()
     try:
         death_pipe.recv()
     except EOFError:
@@ -85,16 +87,23 @@ class _EngineCore:
         self.alive = True
         self.workers: list[Any] = []
         self._pipes: list[Any] = []
+        self._ready: list[Any] = []
         if world_size > 1:
             ctx = multiprocessing.get_context("spawn")
             for rank in range(world_size):
                 reader, writer = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=_worker_main, args=(rank, reader), daemon=True,
-                                name=f"VllmWorker-{rank}")
+                ready_in, ready_out = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=_worker_main, args=(rank, reader, ready_out),
+                                daemon=True, name=f"VllmWorker-{rank}")
                 p.start()   # AssertionError in a daemonic process, as in vLLM
                 reader.close()
+                ready_out.close()
                 self.workers.append(p)
                 self._pipes.append(writer)
+                self._ready.append(ready_in)
+            for pipe in self._ready:   # as vLLM's executor, wait until every worker is up
+                if pipe.recv() != "READY":
+                    raise RuntimeError("a worker failed to start")
 
     def shutdown(self) -> None:
         self.alive = False
