@@ -1,8 +1,9 @@
 """backend=vllm: vLLM's engine (its paged attention, CUDA graphs, tensor parallelism) behind
 the same Step stream as the transformers paths.
 
-Built to vLLM's public engine API: `EngineArgs(model=, dtype=, tensor_parallel_size=,
-enforce_eager=, ...)`, `LLMEngine.from_engine_args(args)`, `add_request(request_id,
+Built to vLLM 0.26's public engine API (scripts/vllm_contract.py checks every name and
+signature used here against the 0.26.0 wheel; docs/vllm.md): `EngineArgs(model=, dtype=,
+tensor_parallel_size=, enforce_eager=, device_ids=, ...)`, `LLMEngine.from_engine_args(args)`, `add_request(request_id,
 TokensPrompt(prompt_token_ids=...), SamplingParams(...))`, `step()` returning `RequestOutput`s
 (`.request_id`, `.outputs[0].token_ids`, `.finished`), `has_unfinished_requests()`,
 `abort_request([ids])`. vLLM is imported only when backend=vllm is configured: `import vllm`
