@@ -139,8 +139,8 @@ class Engine:
                                       tp=1 if own_tp else cfg.tp,
                                       devices=self.ranks.devices(self.device))
         self.loaded.gpus, self.loaded.gpu_choice = placement.gpus, placement.why
-        if own_tp:  # one copy here; the backend places its own ranks on every device
-            self.loaded.devices = list(placement.devices)
+        if own_tp:  # one copy here; the backend runs its own ranks, one on each device
+            self.loaded.tp, self.loaded.devices = cfg.tp, list(placement.devices)
         with self._heartbeat("warming", "the correctness guard's baseline (eager attention)",
                              START["baseline"]):
             self.baseline = self._trace(HfBackend(self.loaded, BASELINE_OPTS, self.emit, cfg.tp))

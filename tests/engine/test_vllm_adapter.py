@@ -364,6 +364,9 @@ def test_backend_vllm_behind_the_engine_interface(tmp_path, monkeypatch, engine_
     assert len(tokens) == 6 and all(len(t.ids) == 3 for t in tokens)
     assert all(a.t_ns <= b.t_ns for a, b in zip(tokens, tokens[1:]))
     assert done.record["config"]["opts"]["backend"] == "vllm"
+    assert done.record["vllm"] == {"max_num_batched_tokens": 16384, "max_num_seqs": 256,
+                                   "prefix_caching": False, "prefill_chunked": False,
+                                   "notes": []}
     assert done.record["metrics"]["n_tokens"] == 6 and len(done.record["tokens"]) == 3
     ids = [t["id"] for t in done.record["tokens"][0]]
     assert ids[1:] != ids[:-1]  # the fake's tokens, not a repeated pad
@@ -403,16 +406,19 @@ def test_an_hf_engine_never_imports_vllm(tmp_path):
 OWNER = """
 import sys, time
 from llmtop.engine.client import EngineClient
-from llmtop.engine.protocol import Configure, Error, GuardResult
+from llmtop.engine.protocol import Configure, Error, GuardResult, ModelInfo
 client = EngineClient(log_path=sys.argv[1])
 client.start()
 client.send(Configure(model="synthetic:tiny", device="cpu", dtype="fp32", tp=2,
                       opts={"backend": "vllm"}))
+tp = None
 while True:
     event = client.get(timeout=300)
+    if isinstance(event, ModelInfo):
+        tp = (event.tp, event.devices)
     if isinstance(event, (GuardResult, Error)):
         break
-print(type(event).__name__, client.pid, getattr(event, "message", ""), flush=True)
+print(type(event).__name__, client.pid, tp, getattr(event, "message", ""), flush=True)
 if sys.argv[2] == "close":
     client.close()
     print("closed", flush=True)
@@ -449,8 +455,9 @@ def test_vllm_tp_workers_never_outlive_the_engines_owner(tmp_path, how):
                               "close" if how == "close" else "stay"],
                              stdout=subprocess.PIPE, text=True, env=env)
     try:
-        kind, engine_pid, *why = owner.stdout.readline().split(maxsplit=2)
-        assert kind == "GuardResult", why
+        kind, engine_pid, tp = owner.stdout.readline().split(maxsplit=2)
+        assert kind == "GuardResult", tp
+        assert tp.strip() == "(2, ['cpu', 'cpu'])"   # what ModelInfo says runs
         workers = [int(p) for p in pids_file.read_text().split()]
         assert len(workers) == 2
         if how == "close":
