@@ -62,6 +62,22 @@ CLASSES: dict[str, dict[str, list]] = {
 LAZY_NAMES = ["vllm.platforms:current_platform"]   # a module __getattr__ resolves them
 ENV_VARS = ["VLLM_ENABLE_V1_MULTIPROCESSING"]      # in vllm/envs.py
 ABSENT_FILES = ["vllm/model_executor/model_loader/gguf_loader.py"]   # no GGUF loader
+# The release's behaviour the adapter (and the fake) is built on: (file, pattern, what)
+FACTS = [
+    ("vllm/engine/arg_utils.py", r"if self\.enable_prefix_caching is None:\s+"
+     r"self\.enable_prefix_caching = default_prefix_caching",
+     "enable_prefix_caching=None takes the model's default (on for generation): pass False"),
+    ("vllm/config/scheduler.py", r"DEFAULT_MAX_NUM_BATCHED_TOKENS: ClassVar\[int\] = 2048",
+     "LLMEngine's default budget (no ENGINE_CONTEXT entry) is 2048 tokens: size it"),
+    ("vllm/v1/engine/input_processor.py", r"elif prompt_len == max_prompt_len",
+     "a prompt of max_model_len tokens is refused"),
+    ("vllm/engine/arg_utils.py", r"return \[cvd_ids\[i\] for i in int_ids\]",
+     "device_ids are indices within CUDA_VISIBLE_DEVICES (as torch's cuda:K)"),
+    ("vllm/v1/executor/multiproc_executor.py", r"daemon=True",
+     "tp workers are daemon processes (a daemonic parent cannot start them)"),
+    ("vllm/v1/executor/multiproc_executor.py", r"def monitor_death_pipe",
+     "tp workers watch a death pipe (they end with the engine's process)"),
+]
 
 
 class Tree:
@@ -260,6 +276,9 @@ def check_tree(tree: Tree, report: Report, real: bool) -> None:
         report.check(f'"{var}"' in envs, f"environment variable {var}", "not in vllm/envs.py")
     for path in ABSENT_FILES:
         report.check(tree.text(path) is None, f"no {path}", "present")
+    for path, pattern, what in FACTS:
+        report.check(re.search(pattern, tree.text(path) or "") is not None, what,
+                     f"/{pattern}/ not in {path}")
     check_temperature(tree, report)
 
 
