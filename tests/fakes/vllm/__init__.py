@@ -1,10 +1,11 @@
 """A fake of the `vllm` package for tests on machines without vLLM or a GPU.
 
-It mirrors the part of vLLM's public API that llmtop's adapter uses, with vLLM's names,
-argument names, defaults, validation messages and return shapes (checked against vLLM's
-sources: vllm/__init__.py, vllm/engine/arg_utils.py, vllm/v1/engine/llm_engine.py,
-vllm/sampling_params.py, vllm/inputs, vllm/outputs.py). Like vLLM (>= 0.6) the top-level
-names are lazy attributes of the package, resolved on first use.
+It mirrors the part of vLLM 0.26.0's public API that llmtop's adapter uses, with vLLM's
+names, argument names, defaults, validation messages and return shapes, and the behaviour a
+caller sees (async steps, chunked prefill, prefix caching, refusals, tp workers: listed in
+vllm/engine/llm_engine.py). scripts/vllm_contract.py checks the same contract against this
+fake and the real 0.26.0 wheel. As in vLLM, the top-level names are lazy attributes of the
+package (MODULE_ATTRS), resolved on first use.
 
 Its "model" is deterministic: see vllm/engine/llm_engine.py.
 """
