@@ -90,6 +90,7 @@ class Engine:
         cfg = Configure(cfg.model, cfg.device, cfg.dtype, opts, cfg.tp, gpus)
         old = self.config
         cls = backend_class(opts)
+        cls.check_model(spec)   # e.g. a .gguf for backend=vllm: refused before anything loads
         reload = (old is None or self.loaded is None or self.placement is None or
                   (old.model, old.tp) != (cfg.model, cfg.tp) or
                   self.placement.devices != placement.devices or

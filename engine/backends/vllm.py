@@ -106,10 +106,15 @@ def model_source(loaded: Any, folder: Path) -> tuple[str, dict[str, Any]]:
         from ..models import convert_embedded
 
         return str(convert_embedded(lambda *_: None)), {}
+    check_model(spec)
+    return spec.path, {}
+
+
+def check_model(spec: specs.ModelSpec) -> None:
+    """Raises OptionError for a model vLLM 0.26 cannot load: a .gguf file (no GGUF loader)."""
     if spec.kind == "gguf":
         raise OptionError(f"backend=vllm cannot load {spec.name}: vLLM 0.26 has no GGUF loader "
                           "(give a safetensors model folder, or the embedded model)")
-    return spec.path, {}
 
 
 def sampling_params(sampling: Sampling, max_new_tokens: int, ignore_eos: bool,
@@ -277,6 +282,10 @@ class VllmBackend(Backend):
 
     name = "vllm"
     own_tensor_parallel = True
+
+    @classmethod
+    def check_model(cls, spec: Any) -> None:
+        check_model(spec)
 
     def __init__(self, loaded: Any, opts: dict[str, str], emit: Emit, tp: int = 1) -> None:
         check_platform(loaded.device)

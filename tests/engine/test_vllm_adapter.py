@@ -210,6 +210,21 @@ def test_a_gguf_model_is_refused_in_one_line(fake_vllm, tmp_path):
     assert "no GGUF loader" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_gguf_model_is_refused_before_anything_loads(fake_vllm):
+    import threading
+
+    from llmtop.engine import spec as specs
+    from llmtop.engine.catalogue import OptionError
+    from llmtop.engine.protocol import Configure
+    from llmtop.engine.runner import Engine
+
+    engine = Engine(lambda e: None, threading.Event())
+    with pytest.raises(OptionError, match="vLLM 0.26 has no GGUF loader"):
+        engine.configure(Configure(model=str(specs.embedded_gguf()), device="cpu",
+                                   dtype="fp32", opts={"backend": "vllm"}))
+    assert engine.loaded is None
+
+
 def test_arguments_vllm_0_26_removed_are_refused_by_the_fake(fake_vllm):
     for removed in ("swap_space", "max_seq_len_to_capture"):
         with pytest.raises(TypeError):
