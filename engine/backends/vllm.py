@@ -32,7 +32,7 @@ from .. import spec as specs
 from ..catalogue import OptionError
 from ..generate import Inputs, Sampling, Step
 from ..guard import Trace
-from ..paged import PagedStep, StepAssembler, unpadded_rows
+from ..paged import MAX_BATCH_TOKENS, PagedStep, StepAssembler, unpadded_rows
 from ..tp_placement import device_index
 from .base import Backend, Emit
 
@@ -134,10 +134,9 @@ def sampling_params(sampling: Sampling, max_new_tokens: int, ignore_eos: bool,
                           seed=seed, **kw)
 
 
-# The scheduler's budget per step. vLLM's LLMEngine defaults (2048 tokens, 128 sequences)
-# would prefill `--batch 8 --prompt-len 2048` over 8 steps; the dynamic path prefills a batch
-# in one forward pass, and so does kv=paged up to the same budget (paged.MAX_BATCH_TOKENS).
-MAX_BATCH_TOKENS = 16384
+# The scheduler's budget per step: kv=paged's token budget (paged.MAX_BATCH_TOKENS, 16384).
+# vLLM's LLMEngine defaults (2048 tokens, 128 sequences) would prefill `--batch 8
+# --prompt-len 2048` over 8 steps; the dynamic path prefills a batch in one forward pass.
 MAX_SEQS = 256
 MP_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
