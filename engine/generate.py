@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from llmtop.engine.protocol import Generate
+from llmtop.engine.protocol import MAX_TEMPERATURE, Generate
 
 
 class PromptTooLong(ValueError):
@@ -31,6 +31,8 @@ class Inputs:
 
 def prepare(req: Generate, tokenizer: Any, vocab: int, max_context: int, device: str) -> Inputs:
     """Token ids for a request: text, chat messages, or a synthetic prompt of a given length."""
+    if req.sample and not 0 < req.temperature <= MAX_TEMPERATURE:
+        raise ValueError(f"temperature must be in (0, {MAX_TEMPERATURE:g}], got {req.temperature}")
     if req.prompt_len is not None:
         gen = torch.Generator().manual_seed(req.seed)
         # skip the first ids (special tokens in most vocabularies)

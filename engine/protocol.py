@@ -39,6 +39,11 @@ class Configure:
     gpus: list[int] | None = None
 
 
+# The highest sampling temperature any backend takes: vLLM's SamplingParams raises above 2,
+# so every backend refuses it up front (a row of one backend must be possible on the others).
+MAX_TEMPERATURE = 2.0
+
+
 @dataclass
 class Generate:
     """One run. Exactly one of `prompt`, `messages` or `prompt_len` says what goes in."""

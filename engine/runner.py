@@ -91,6 +91,7 @@ class Engine:
         cfg = Configure(cfg.model, cfg.device, cfg.dtype, opts, cfg.tp, gpus)
         old = self.config
         cls = backend_class(opts)
+        cls.check_model(spec)   # e.g. a .gguf for backend=vllm: refused before anything loads
         reload = (old is None or self.loaded is None or self.placement is None or
                   (old.model, old.tp) != (cfg.model, cfg.tp) or
                   self.placement.devices != placement.devices or
@@ -140,6 +141,8 @@ class Engine:
                                       tp=1 if own_tp else cfg.tp,
                                       devices=self.ranks.devices(self.device))
         self.loaded.gpus, self.loaded.gpu_choice = placement.gpus, placement.why
+        if own_tp:  # one copy here; the backend runs its own ranks, one on each device
+            self.loaded.tp, self.loaded.devices = cfg.tp, list(placement.devices)
         with self._heartbeat("warming", "the correctness guard's baseline (eager attention)",
                              START["baseline"]):
             self.baseline = self._trace(HfBackend(self.loaded, BASELINE_OPTS, self.emit, cfg.tp))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtop.engine import spec as specs
+from llmtop.engine.protocol import MAX_TEMPERATURE
 
 GGUF_MAGIC = b"GGUF"
 CPU_TP = (1, 2)   # gloo ranks a CPU offers (docs/tensor-parallel.md)
@@ -189,8 +190,8 @@ def prompt_fits(model: str, prompt_len: int | None, prompt: str | None, new_toke
 
 
 def sampling(temperature: float, top_p: float, top_k: int) -> None:
-    if not temperature > 0:
-        raise CheckError(f"--temperature must be above 0, got {temperature}")
+    if not 0 < temperature <= MAX_TEMPERATURE:
+        raise CheckError(f"--temperature must be in (0, {MAX_TEMPERATURE:g}], got {temperature}")
     if not 0 < top_p <= 1:
         raise CheckError(f"--top-p must be in (0, 1], got {top_p}")
     if top_k < 0:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from llmtop.engine.protocol import Generate
+from llmtop.engine.protocol import MAX_TEMPERATURE, Generate
 
 # The study's prompt first; the engine loops over these unless the user gives a prompt.
 PROMPT_SET: tuple[str, ...] = (
@@ -107,8 +107,9 @@ class RunSettings(Generate):
                 value = float(str(raw).strip())
             except ValueError:
                 raise ValueError(f"{name} must be a number") from None
-            if value <= 0 or (name == "top_p" and value > 1):
-                raise ValueError(f"{name} must be in (0, {'1' if name == 'top_p' else '∞'})")
+            top = 1 if name == "top_p" else MAX_TEMPERATURE
+            if not 0 < value <= top:
+                raise ValueError(f"{name} must be in (0, {top:g}]")
             return replace(self, **{name: value})
         raise ValueError(f"unknown setting {name}")
 

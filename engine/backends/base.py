@@ -23,6 +23,11 @@ class Backend(abc.ABC):
     # runner loads one unsharded copy and starts no follower ranks
     own_tensor_parallel: ClassVar[bool] = False
 
+    @classmethod
+    def check_model(cls, spec: Any) -> None:
+        """Raises OptionError (one line) for a model this backend cannot run, before anything
+        loads; every model by default."""
+
     def __init__(self, loaded: Any, opts: dict[str, str], emit: Emit, tp: int = 1) -> None:
         """How the runner builds every backend, for one configuration (`opts`, the full axis
         map) of a loaded model (engine/models.Loaded) with `tp` ranks: anything slow (compile,

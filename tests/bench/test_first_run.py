@@ -64,7 +64,8 @@ def test_more_cpu_ranks_than_a_cpu_offers():
     _one_line(llmtop(*TINY_RUN, "--tp", "3"), "--tp 3 on the CPU: a CPU offers --tp 1 or 2")
 
 
-@pytest.mark.parametrize("flag, value, words", [("--temperature", "-1", "--temperature must be above 0"),
+@pytest.mark.parametrize("flag, value, words", [("--temperature", "-1", "--temperature must be in (0, 2]"),
+                                                ("--temperature", "2.5", "--temperature must be in (0, 2]"),
                                                 ("--top-p", "1.5", "--top-p must be in (0, 1]"),
                                                 ("--top-k", "-2", "--top-k must be 0 (off) or more")])
 def test_sampling_settings_out_of_range(flag, value, words):

@@ -206,9 +206,11 @@ def test_run_settings_validate_and_build_requests():
     req = s.request(7, 3)
     assert req.prompt == "Why is the sky blue?" and req.batch == 4 and req.run_id == 7
     assert s.with_field("prompt_len", "128").request(1, 0).prompt is None
-    for name, bad in (("batch", "0"), ("batch", "x"), ("max_new_tokens", "-1"), ("top_p", "1.5")):
+    for name, bad in (("batch", "0"), ("batch", "x"), ("max_new_tokens", "-1"), ("top_p", "1.5"),
+                      ("temperature", "2.5")):
         with pytest.raises(ValueError):
             s.with_field(name, bad)
+    assert s.with_field("temperature", "2").temperature == 2.0   # vLLM's limit, every backend's
     # every request field the CLI set survives into the loop's requests; chat and seeds per run
     cli = Generate(messages=[{"role": "user", "content": "Why?"}], batch=2, max_new_tokens=5,
                    sample=True, temperature=0.5, top_p=0.8, top_k=7, seed=3, ignore_eos=True,

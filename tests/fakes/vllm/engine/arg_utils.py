@@ -1,4 +1,7 @@
-"""vllm.engine.arg_utils: EngineArgs (the fields llmtop may pass, with vLLM's defaults)."""
+"""vllm.engine.arg_utils: EngineArgs (the fields llmtop may pass, with vLLM 0.26's defaults).
+
+Like vLLM 0.26 it has no `swap_space` nor `max_seq_len_to_capture` (a dataclass: passing them
+raises TypeError); scripts/vllm_contract.py checks these names against the real wheel."""
 
 from __future__ import annotations
 
@@ -16,15 +19,15 @@ class EngineArgs:
     load_format: str = "auto"
     dtype: str = "auto"
     kv_cache_dtype: str = "auto"
-    seed: int | None = 0
+    seed: int = 0
     max_model_len: int | None = None
     distributed_executor_backend: str | None = None
     pipeline_parallel_size: int = 1
+    device_ids: list[int | str] | None = None
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
     block_size: int | None = None
     enable_prefix_caching: bool | None = None
-    swap_space: float = 4
     cpu_offload_gb: float = 0
     gpu_memory_utilization: float = 0.9
     max_num_batched_tokens: int | None = None
@@ -32,6 +35,7 @@ class EngineArgs:
     disable_log_stats: bool = False
     revision: str | None = None
     enforce_eager: bool = False
-    max_seq_len_to_capture: int | None = None
+    enable_chunked_prefill: bool | None = None
+    async_scheduling: bool | None = None
     compilation_config: Any = None
     hf_overrides: dict[str, Any] | None = None
