@@ -16,7 +16,6 @@ defaults); a failed configuration is sent again only when the user asks for it a
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from dataclasses import replace
@@ -32,6 +31,7 @@ from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, Engine
 from .analysis import tp_choices
 from .requests import RunSettings
 from .state import Marker, Session, Telemetry, config_label
+from .step_times import StepTimes
 
 # errors of a run after which the loop pauses: running the same request again would fail the same way
 PROFILES_KEPT = 8
@@ -56,36 +56,6 @@ def config_id(cfg: Configure) -> tuple:
 
 def copy_config(cfg: Configure) -> Configure:
     return replace(cfg, opts=dict(cfg.opts), gpus=list(cfg.gpus) if cfg.gpus else None)
-
-
-class StepTimes:
-    """How long applying a configuration took on this machine (the last time), kept in a small
-    JSON file so a long wait (a compile, a static cache) can say what to expect."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.seconds: dict[str, float] = {}
-        if path is not None:
-            try:
-                self.seconds = {k: float(v) for k, v in json.loads(path.read_text()).items()}
-            except (OSError, ValueError, AttributeError):
-                self.seconds = {}
-
-    @staticmethod
-    def key(cfg: Configure) -> str:
-        return f"{cfg.model}|{cfg.device}|{config_label(cfg.opts, tp=cfg.tp)}"
-
-    def last(self, cfg: Configure) -> float | None:
-        return self.seconds.get(self.key(cfg))
-
-    def note(self, cfg: Configure, seconds: float) -> None:
-        self.seconds[self.key(cfg)] = round(seconds, 1)
-        if self.path is not None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.path.write_text(json.dumps(self.seconds, indent=0))
-            except OSError:
-                pass
 
 
 class DashboardModel:

@@ -141,7 +141,7 @@ def test_b_moves_the_star_and_speedup_says_what_it_compares():
 def test_long_wait_says_what_runs_and_how_long_it_took_last_time(tmp_path):
     """14.5: a Configure in flight is named with its elapsed time and the last time it took on
     this machine; the old figures are marked as the previous configuration's; x cancels."""
-    from llmtop.tui.model import StepTimes
+    from llmtop.tui.step_times import StepTimes
 
     times = tmp_path / "times.json"
     want = Configure("embedded", "cpu", "bf16", {**fx.opts(attention="eager"), "kv": "static"})
