@@ -71,6 +71,12 @@ class EngineLink:
             self._numa_now(pid)
 
     def action_restart_engine(self) -> None:
+        if self.attached is not None:   # not ours to restart: connect to it again
+            self.notify(f"reconnecting to {self.attached}", timeout=3)
+            self.model.engine_starting()
+            self.model.failed.clear()
+            self._adopt_client(self.client)
+            return
         self.notify("restarting the engine", timeout=3)
         self._launch_engine()
 
