@@ -73,6 +73,7 @@ class EngineLink:
     def action_restart_engine(self) -> None:
         if self.attached is not None:   # not ours to restart: connect to it again
             self.notify(f"reconnecting to {self.attached}", timeout=3)
+            self.client.send(Stop())   # a run in flight ends; its events are the old link's
             self.model.engine_starting()
             self.model.failed.clear()
             self._adopt_client(self.client)

@@ -18,6 +18,7 @@ from llmtop.engine.endpoint.client import FIXED, EndpointClient
 from llmtop.engine.protocol import Configure, Generate
 from llmtop.tui.analysis import num
 from llmtop.tui.app import LlmtopApp
+from tests.attach.conftest import start_replay
 
 from ..tui.helpers import run_async, screen_text, wait_for
 
@@ -85,3 +86,62 @@ def test_attach_dashboard_unreachable_is_one_line() -> None:
     assert run.stdout == ""   # nothing drawn
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("llmtop: cannot connect to http://127.0.0.1:9")
+
+
+def _app(client: EndpointClient) -> LlmtopApp:
+    return LlmtopApp(Configure(model=client.server.model, device="endpoint", dtype="",
+                               opts={"backend": "endpoint"}),
+                     Generate(prompt=PROMPT, max_new_tokens=20), client=client, telemetry=False,
+                     chat=False)
+
+
+def test_dashboard_shows_the_servers_metrics(replay: str) -> None:
+    """TGI's recorded stream and its /metrics gauges (replayed): the server panel shows them."""
+    client = EndpointClient(attach.connect(replay + "/tgi"), timeout_s=20)
+    client.start()
+
+    async def body() -> None:
+        app = _app(client)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await wait_for(pilot, lambda: any(r.record for r in app.session.runs), 30, "a run")
+            await pilot.press("space")
+            await wait_for(pilot, lambda: not app.model.busy, 30, "the loop to idle")
+            app.redraw_all()
+            await pilot.pause(0.3)
+            text = screen_text(app)
+            assert "tgi server, tgi API" in text
+            assert app.session.server_metrics, "no /metrics reading arrived"
+            assert "waiting requests" in text and "batch size" in text
+            run = [r for r in app.session.runs if r.record][-1]
+            assert run.ids and len(run.ids) == len(run.texts) == run.record["metrics"]["n_tokens"]
+
+    try:
+        run_async(body())
+    finally:
+        client.close()
+
+
+def test_dashboard_keeps_the_tokens_of_a_server_that_dies() -> None:
+    """The server process exits mid-stream: one line, the loop pauses, the tokens stay."""
+    proc, url = start_replay()
+    client = EndpointClient(attach.connect(url + "/dies"), timeout_s=20)
+    client.start()
+
+    async def body() -> None:
+        app = _app(client)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await wait_for(pilot, lambda: app.model.paused, 30, "the fault to pause the loop")
+            await pilot.pause(0.3)
+            (run,) = list(app.session.runs)
+            assert run.texts and run.record is not None and run.record["stopped"] == "error"
+            notes = [n.message for n in app._notifications]
+            fault = [n for n in notes if n.startswith("runtime: the server closed the connection")]
+            assert len(fault) == 1 and "\n" not in fault[0], notes
+            assert not app.session.rows   # a cut run is not a configuration's figure
+
+    try:
+        run_async(body())
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait()
