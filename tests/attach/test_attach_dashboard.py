@@ -145,3 +145,27 @@ def test_dashboard_keeps_the_tokens_of_a_server_that_dies() -> None:
         client.close()
         proc.kill()
         proc.wait()
+
+
+def test_dashboard_stop_cancels_the_stream(replay: str) -> None:
+    """s during a slow stream (one event a second): the stream is cancelled at once and the
+    tokens so far make a record (stopped: stop), the loop pauses."""
+    client = EndpointClient(attach.connect(replay + "/slow"), timeout_s=20)
+    client.start()
+
+    async def body() -> None:
+        app = _app(client)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await wait_for(pilot, lambda: any(r.stamps for r in app.session.runs), 30, "a token")
+            await pilot.press("s")
+            await wait_for(pilot, lambda: any(r.record for r in app.session.runs), 3,
+                           "the stopped run's record")
+            (run,) = list(app.session.runs)
+            assert run.record["stopped"] == "stop" and 1 <= len(run.stamps) < 5
+            await wait_for(pilot, lambda: not app.model.busy, 3, "ready after the stop")
+            assert app.model.paused
+
+    try:
+        run_async(body())
+    finally:
+        client.close()
