@@ -272,7 +272,9 @@ def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None
 
 def dashboard(args: argparse.Namespace, err: TextIO) -> int:
     """The dashboard on the server: connected (and the request checked) before anything is
-    drawn, so a server that is not there is one line and exit code 2."""
+    drawn, so a server that is not there is one line and exit code 2. The session is recorded
+    as the dashboard's are (~/.cache/llmtop/sessions/), for `llmtop replay`."""
+    from llmtop.engine import spec
     from llmtop.engine.endpoint.client import EndpointClient
     from llmtop.engine.protocol import Configure, Generate
 
@@ -293,7 +295,9 @@ def dashboard(args: argparse.Namespace, err: TextIO) -> int:
                                  max_new_tokens=req.max_new_tokens, sample=req.sample,
                                  temperature=req.temperature, top_p=req.top_p, seed=req.seed,
                                  ignore_eos=req.ignore_eos),
-                        theme_name=getattr(args, "theme", None), client=client, chat=req.chat)
+                        theme_name=getattr(args, "theme", None), client=client, chat=req.chat,
+                        record=spec.cache_dir() / "sessions" / time.strftime(
+                            "attach-%Y%m%d-%H%M%S.jsonl"))
         app.run()
     finally:
         client.close()

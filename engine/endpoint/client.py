@@ -71,6 +71,7 @@ class EndpointClient:
         self._ready = threading.Event()
         self._run: asyncio.Task | None = None        # the Generate being served
         self._streams: asyncio.Task | None = None    # its requests (Stop cancels them)
+        self._stop_asked = False                      # Stop came before the requests left
 
     @property
     def url(self) -> str:
@@ -135,9 +136,14 @@ class EndpointClient:
         if isinstance(command, (Stop, Shutdown)):
             if self._streams is not None:
                 self._streams.cancel()
+            elif self._run is not None and not self._run.done():
+                self._stop_asked = True
+            else:   # nothing in flight: say so, or an owner waiting for idle waits forever
+                self._emit(Status("ready", "nothing to stop"))
         elif isinstance(command, Configure):
             loop.create_task(self._configure())
         elif isinstance(command, Generate):
+            self._stop_asked = False
             self._run = loop.create_task(self._generate(command))
 
     async def _configure(self) -> None:
@@ -197,6 +203,8 @@ class EndpointClient:
                 index += 1
 
         self._streams = asyncio.create_task(stream_many(self._http, self.server, req, traces, on_chunk))
+        if self._stop_asked:
+            self._streams.cancel()
         try:
             await self._streams
         except asyncio.CancelledError:   # Stop: what arrived makes the record

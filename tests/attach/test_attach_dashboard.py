@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -169,3 +170,28 @@ def test_dashboard_stop_cancels_the_stream(replay: str) -> None:
         run_async(body())
     finally:
         client.close()
+
+
+def test_quit_while_the_loop_runs_is_prompt(replay: str) -> None:
+    """q while runs follow each other (the replayed stream takes ~0.2 s): the dashboard hands
+    the client back idle at once, whether a stream is in flight or the last one just ended."""
+    client = EndpointClient(attach.connect(replay + "/tgi"), timeout_s=20)
+    client.start()
+    took: list[float] = []
+
+    async def body() -> None:
+        app = _app(client)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await wait_for(pilot, lambda: sum(1 for r in app.session.runs if r.record) >= 3, 30,
+                           "three runs")
+            await pilot.press("q")
+            took.append(time.monotonic())
+        took[-1] = time.monotonic() - took[-1]
+
+    try:
+        for _ in range(2):   # the same client, handed back idle, adopted again
+            run_async(body())
+    finally:
+        client.close()
+    assert max(took) < 5, took
+    assert not client.alive()
