@@ -71,9 +71,10 @@ class LlmtopHeader(Widget, Coalesced):
             parts.append((model.name, "bold", 9))
             if model.synthetic:
                 parts.append((" (synthetic weights)", v["warning"], 8))
-            parts.append((sep[0] + (f"{model.params / 1e6:,.1f} M params" if model.params < 1e9
-                                    else f"{model.params / 1e9:,.2f} B params"), "", 2))
-            parts.append((f" · {model.layers} layers", "", 1))
+            if model.params:   # an attached server's replayed session does not know them
+                parts.append((sep[0] + (f"{model.params / 1e6:,.1f} M params" if model.params < 1e9
+                                        else f"{model.params / 1e9:,.2f} B params"), "", 2))
+                parts.append((f" · {model.layers} layers", "", 1))
             parts.append((sep[0] + model.dtype, "", 7))
             tp = session.config.tp if session.config else 1
             parts.append((sep[0] + model.device + (f" × tp {tp}" if tp and tp > 1 else ""), "", 7))
