@@ -182,6 +182,15 @@ STALLS = ("compile", "recompile", "capture", "tuning")
 
 
 @dataclass
+class ServerMetrics:
+    """One reading of an attached server's Prometheus /metrics (engine/endpoint/prom.py's
+    gauges: running, waiting, kv_cache_usage, batch_size...), stamped on arrival here."""
+
+    t_ns: int
+    values: dict[str, float]
+
+
+@dataclass
 class StepProfile:
     """What bounds a step: top kernels by device time and the device's busy/idle split.
 
@@ -269,7 +278,7 @@ class Error:
 
 COMMANDS = (Configure, Generate, Stop, Shutdown)
 EVENTS = (Status, ModelInfo, DeviceInfo, ConfigApplied, RunStarted, Token, RunDone, EngineEvent, StepProfile, GuardResult,
-          Error)
+          ServerMetrics, Error)
 _TYPES = {cls.__name__: cls for cls in COMMANDS + EVENTS}
 
 

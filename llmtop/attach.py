@@ -233,7 +233,7 @@ def request_from_args(args: argparse.Namespace) -> Request:
 def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     if not args.headless:
-        return _fail(err, "the attach dashboard is not built yet: use llmtop attach URL --headless")
+        return dashboard(args, err)
     try:
         req = request_from_args(args)
         slo = parse_slo(args.slo)
@@ -268,6 +268,40 @@ def main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None
         more = f" (and {len(errors) - 1} more requests failed)" if len(errors) > 1 else ""
         return _fail(err, one_line(str(errors[0])) + more)
     return 0
+
+
+def dashboard(args: argparse.Namespace, err: TextIO) -> int:
+    """The dashboard on the server: connected (and the request checked) before anything is
+    drawn, so a server that is not there is one line and exit code 2. The session is recorded
+    as the dashboard's are (~/.cache/llmtop/sessions/), for `llmtop replay`."""
+    from llmtop.engine import spec
+    from llmtop.engine.endpoint.client import EndpointClient
+    from llmtop.engine.protocol import Configure, Generate
+
+    try:
+        req = request_from_args(args)
+        server = connect(args.url, args.api, args.served_model, args.allow_remote,
+                         args.api_key_env, args.timeout)
+    except AttachError as e:
+        return _fail(err, str(e))
+    from llmtop.tui.app import LlmtopApp
+
+    client = EndpointClient(server, _key(args.api_key_env), args.timeout)
+    client.start()
+    try:
+        app = LlmtopApp(Configure(model=server.model, device=build.BACKEND, dtype="",
+                                  opts={"backend": build.BACKEND}),
+                        Generate(prompt=req.prompt, batch=args.batch,
+                                 max_new_tokens=req.max_new_tokens, sample=req.sample,
+                                 temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+                                 ignore_eos=req.ignore_eos),
+                        theme_name=getattr(args, "theme", None), client=client, chat=req.chat,
+                        record=spec.cache_dir() / "sessions" / time.strftime(
+                            "attach-%Y%m%d-%H%M%S.jsonl"))
+        app.run()
+    finally:
+        client.close()
+    return app.return_code or 0
 
 
 def _fail(err: TextIO, message: str) -> int:

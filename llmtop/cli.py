@@ -141,6 +141,7 @@ BENCH_EPILOG = """examples:
 
 
 ATTACH_EPILOG = """examples:
+  llmtop attach http://127.0.0.1:8000                                      the dashboard
   llmtop attach http://127.0.0.1:8000 --headless --max-new-tokens 128      vLLM, SGLang, ...
   llmtop attach http://127.0.0.1:8080 --headless --api tgi                 TGI's /generate_stream
   llmtop attach http://127.0.0.1:8000 --headless --batch 8 --slo ttft=500,tpot=50 --json a.json

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from llmtop.engine.endpoint import BACKEND as ENDPOINT
+
 MEMORY_BOUND_PCT = 70.0    # decode at or above this share of its bandwidth floor
 COMPUTE_BOUND_PCT = 50.0   # prefill at or above this share of its FLOP floor
 LAUNCH_BOUND_BUSY = 60.0   # a GPU busier than this is not waiting on the CPU
@@ -42,6 +44,9 @@ def bottleneck(device: str, roof: dict[str, Any] | None, gpu_busy_pct: float | N
     helps; a GPU that is mostly idle between kernels waits on the CPU launching them, which CUDA
     graphs remove; ranks that spend a third of each step in all-reduce wait on each other.
     """
+    if device == ENDPOINT:
+        return "none", ("the server's own: its kernels and ceilings are not visible from here; "
+                        "the stamps include the network and its streaming interval")
     line = _bottleneck(device, roof, gpu_busy_pct, collective_pct, tp)
     share = collective_share(collective_pct, tp)
     if share and line[0] not in ("collective", "none"):

@@ -51,6 +51,7 @@ from .widgets.metrics import MetricsPanel
 from .widgets.numa_panel import NumaPanel
 from .widgets.optimizations import OptimizationsPanel
 from .widgets.run_settings import RunSettingsPanel
+from .widgets.server_panel import ServerPanel
 from .widgets.token_stream import TokenStream
 
 textual_fixes.apply()
@@ -153,6 +154,8 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
         self.telemetry_hz = telemetry_hz
         self.session_dir = Path(session_dir) if session_dir else Path.cwd()
         self.client = client           # an EngineClient; adopted if given (tests share one)
+        # llmtop attach: the server's URL, from its EndpointClient (engine/endpoint/client.py)
+        self.attached: str | None = getattr(client, "url", None)
         self.generation = 0            # bumped per engine instance; stale events are dropped
         self._engine_lock = threading.Lock()
         self._closing = False
@@ -254,6 +257,9 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
                 yield MetricsPanel(id="metrics")
                 with TabbedContent(id="tabs", initial="optimize"):
                     with TabPane("Optimize o", id="optimize"):
+                        server = ServerPanel(id="server-panel")
+                        server.display = self.attached is not None
+                        yield server
                         yield OptimizationsPanel(id="optimizations")
                     with TabPane("Run r", id="run"):
                         yield RunSettingsPanel(id="run-settings")

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 from llmtop.engine import catalogue
 from llmtop.engine.client import needs_fresh_engine
 from llmtop.engine.protocol import (ConfigApplied, Configure, DeviceInfo, EngineEvent, Error,
-                                    Generate, GuardResult, ModelInfo, RunDone, RunStarted, Status,
-                                    StepProfile, Stop, Token)
+                                    Generate, GuardResult, ModelInfo, RunDone, RunStarted,
+                                    ServerMetrics, Status, StepProfile, Stop, Token)
 
 from .analysis import tp_choices
 from .requests import RunSettings
@@ -38,7 +38,7 @@ PROFILES_KEPT = 8
 
 # what the widgets watch (the App keeps one reactive counter per topic)
 TOPICS = ("status", "config", "tokens", "runs", "markers", "model", "device", "guard", "error",
-          "telemetry", "numa", "profile")
+          "telemetry", "numa", "profile", "server")
 
 
 class Port(Protocol):
@@ -102,11 +102,22 @@ class DashboardModel:
         info = dev.options.get(axis, {}).get(name, {})
         return bool(info.get("ok")), info.get("reason", "")
 
+    def fixed(self) -> str:
+        """Why no option can be chosen, when none can (an attached server's configuration is
+        its own: engine/endpoint/client.py); "" for llmtop's engine, whose defaults always run."""
+        dev = self.session.device
+        infos = [info for axis in (dev.options.values() if dev else ()) for info in axis.values()]
+        if not infos or any(info.get("ok") for info in infos):
+            return ""
+        return str(infos[0].get("reason", ""))
+
     def tp_choices(self) -> list[tuple[int, bool, str]]:
         """(size, can run, why not) for the model and device the engine reported ([] before)."""
         s = self.session
         if s.model is None or s.device is None:
             return []
+        if self.fixed():
+            return [(s.model.tp, False, self.fixed())]
         return tp_choices(s.model.heads, s.model.kv_heads, s.device.device,
                           getattr(s.device, "gpu_count", 0))
 
@@ -408,6 +419,9 @@ class DashboardModel:
             self.port.changed("markers")
         elif isinstance(ev, Error):
             self._on_error(ev)
+        elif isinstance(ev, ServerMetrics):
+            s.on_server_metrics(ev)
+            self.port.changed("server")
         elif isinstance(ev, StepProfile):
             self._on_profile(ev)
         elif isinstance(ev, GuardResult):
@@ -434,8 +448,9 @@ class DashboardModel:
 
     def _on_config(self, ev: ConfigApplied) -> None:
         cfg = self.session.on_config(ev)
-        if self.applying is None:
-            # not our request (an adopted engine, a replay): what runs is what we want
+        if self.applying is None or self.fixed():
+            # not our request (an adopted engine, a replay), or nothing here can change it
+            # (an attached server): what runs is what we want
             self.desired = copy_config(cfg)
             self.working = copy_config(cfg)
         self.desired.device = cfg.device

@@ -31,6 +31,7 @@ ROW_RUNS_KEPT = 8        # latest runs per comparison row (the guard compares th
 ITL_KEPT = 2048          # latest gaps per row for its percentiles
 MARKERS_KEPT = 64        # plot markers
 GUARD_STATES = ("identical", "equivalent", "diverged")
+SERVER_READINGS_KEPT = 120   # an attached server's /metrics readings (a minute at 0.5 s)
 
 
 def config_label(opts: dict[str, str], batch: int = 1, defaults: dict[str, str] | None = None,
@@ -205,6 +206,8 @@ class Session:
         self.config: Configure | None = None      # what the engine runs now (ConfigApplied)
         self.status = Status("starting", "starting the engine")
         self.guard_result: Any = None   # the engine's latest GuardResult (check prompt vs baseline)
+        # an attached server's /metrics readings (ServerMetrics), the latest last
+        self.server_metrics: deque = deque(maxlen=SERVER_READINGS_KEPT)
         self.current: Run | None = None
         self.clear()
 
@@ -228,6 +231,9 @@ class Session:
 
     def on_guard(self, ev: Any) -> None:
         self.guard_result = ev
+
+    def on_server_metrics(self, ev: Any) -> None:
+        self.server_metrics.append(ev)
 
     def on_model(self, ev: ModelInfo) -> None:
         self.model = ev
@@ -275,6 +281,7 @@ class Session:
         run.stamps.append(ev.t_ns)
         if ev.ids:
             run.ids.append(ev.ids[0])
+        if ev.ids or ev.texts:   # a server may stream text without token ids
             run.texts.append(ev.texts[0] if ev.texts else "")
         self.steps += 1
         return True
@@ -344,6 +351,8 @@ class Session:
             return "", "—"
         if all(r.sample for r in row.runs):
             return "", "sampled: n/a"
+        if not any(r.ids for r in row.runs):
+            return "", "no token ids"   # a server that streams text only
         refs = {r.prompt: r.ids for r in base.runs if not r.sample and r.ids}
         compared, first_bad = 0, None
         for r in row.runs:
@@ -387,7 +396,8 @@ class Session:
         """The record's roofline once done; meanwhile the same formula over the live stamps."""
         if run.record is not None:
             return run.record.get("roofline")
-        if self.model is None or self.device is None or len(run.stamps) < 2:
+        if (self.model is None or self.device is None or len(run.stamps) < 2
+                or not self.device.mem_bw_gb_s):   # no ceilings (an attached server)
             return None
         rm = run.run_metrics()
         return asdict(m.roofline(rm, self.model.weight_bytes, self.model.params,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -53,11 +53,15 @@ async def read(client: httpx.AsyncClient, base: str) -> dict[str, float] | None:
 
 
 async def poll(client: httpx.AsyncClient, base: str, interval_s: float,
-               out: list[dict[str, Any]]) -> None:
-    """Appends a stamped reading every `interval_s` until cancelled; stops at the first miss."""
+               out: list[dict[str, Any]],
+               on_reading: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Appends a stamped reading every `interval_s` until cancelled (each also to `on_reading`,
+    the dashboard's live panel); stops at the first miss."""
     while True:
         values = await read(client, base)
         if values is None:
             return
         out.append({"t_ns": time.perf_counter_ns(), **values})
+        if on_reading is not None:
+            on_reading(out[-1])
         await asyncio.sleep(interval_s)

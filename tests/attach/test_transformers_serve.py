@@ -1,5 +1,5 @@
 """`llmtop attach` against a real `transformers serve` on 127.0.0.1, serving the embedded
-SmolLM2-135M-Instruct on the CPU (one server for the module: it costs CPU), end to end.
+SmolLM2-135M-Instruct on the CPU (the `server` fixture of conftest.py), end to end.
 
 Checks the issue's acceptance: the streamed text equals the server's own non-streamed answer to
 the same greedy request, the token count equals the server's usage count, latency = TTFT + TPOT
@@ -9,13 +9,9 @@ x (n - 1), and bench points with 1, 2 and 4 concurrent requests make a sweep rep
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -25,47 +21,6 @@ from llmtop.engine.endpoint.stream import Request
 
 pytestmark = pytest.mark.slow   # the server's start and a few CPU generations: ~1 minute
 PROMPT = "The largest continent is"
-START_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[str, str]]:
-    """(base URL, model name) of a `transformers serve` pinned to the embedded model."""
-    from llmtop.engine import models
-
-    folder = str(models.convert_embedded(lambda *a: None))
-    port = _free_port()
-    exe = Path(sys.executable).with_name("transformers")
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llmtop-transformers-serve-{port}.log", "w")
-    proc = subprocess.Popen([str(exe), "serve", folder, "--host", "127.0.0.1", "--port", str(port),
-                             "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while True:
-            assert proc.poll() is None, f"transformers serve exited ({proc.returncode}); see {log.name}"
-            assert time.monotonic() < deadline, f"transformers serve did not start; see {log.name}"
-            try:
-                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        yield url, folder
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_attach_headless_matches_the_server(server: tuple[str, str], tmp_path: Path) -> None:

@@ -58,14 +58,23 @@ class LlmtopHeader(Widget, Coalesced):
         parts: list[tuple[str, str, int]] = [("llmtop ", f"bold {v['primary']}", 9)]
         if app.replay is not None:   # a replayed session must not pass for a live one
             parts.append(("REPLAY ", f"bold reverse {v['warning']}", 9))
+        if app.attached is not None:   # someone else's server, not llmtop's engine
+            parts.append((f"ATTACHED {app.attached} ", f"bold reverse {v['accent']}", 9))
         sep = (" │ ", v.get("secondary", v["foreground"]))
-        if model is not None:
+        if app.attached is not None:
+            if model is not None and device is not None:
+                parts.append((model.name, "bold", 9))
+                parts.append((sep[0] + device.name, "", 7))
+            else:
+                parts.append(("connecting", "bold", 9))
+        elif model is not None:
             parts.append((model.name, "bold", 9))
             if model.synthetic:
                 parts.append((" (synthetic weights)", v["warning"], 8))
-            parts.append((sep[0] + (f"{model.params / 1e6:,.1f} M params" if model.params < 1e9
-                                    else f"{model.params / 1e9:,.2f} B params"), "", 2))
-            parts.append((f" · {model.layers} layers", "", 1))
+            if model.params:   # an attached server's replayed session does not know them
+                parts.append((sep[0] + (f"{model.params / 1e6:,.1f} M params" if model.params < 1e9
+                                        else f"{model.params / 1e9:,.2f} B params"), "", 2))
+                parts.append((f" · {model.layers} layers", "", 1))
             parts.append((sep[0] + model.dtype, "", 7))
             tp = session.config.tp if session.config else 1
             parts.append((sep[0] + model.device + (f" × tp {tp}" if tp and tp > 1 else ""), "", 7))

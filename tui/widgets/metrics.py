@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from ..analysis import bottleneck, num
+from ..analysis import ENDPOINT, bottleneck, num
 from .base import Coalesced, palette
 
 
@@ -33,9 +33,13 @@ def _tpot_steady(mt: dict[str, Any]) -> str:
 
 
 def metric_rows(mt: dict[str, Any] | None, roof: dict[str, Any] | None,
-                mem_bw: float | None) -> list[str]:
+                mem_bw: float | None, stalls_marked: bool = True) -> list[str]:
+    """The figures of LABELS; `stalls_marked` False (an attached server, whose stalls nobody
+    marks) claims no steady TPOT."""
     if not mt:
         return ["n/a"] * len(LABELS)
+    if roof and not any(isinstance(x, (int, float)) and x == x for x in roof.values()):
+        roof = None   # no ceilings known (an attached server): every floor is n/a
     itl = mt.get("itl") or {}
     pct = lambda key: "n/a" if not roof else num(roof.get(key), 0) + "%"  # noqa: E731
     decode = bandwidth = "n/a"
@@ -50,7 +54,7 @@ def metric_rows(mt: dict[str, Any] | None, roof: dict[str, Any] | None,
     return [
         num(mt.get("ttft_ms"), 1, "ms"),
         num(mt.get("tpot_ms") if decoded else None, 2, "ms"),
-        _tpot_steady(mt),
+        _tpot_steady(mt) if stalls_marked else "n/a",
         f"{num(itl.get('p50'), 1)} / {num(itl.get('p90'), 1)} / {num(itl.get('p99'), 1)}",
         num(mt.get("decode_tokens_per_s") if decoded else None, 1),
         num(mt.get("tokens_per_s"), 1),
@@ -119,11 +123,13 @@ class MetricsPanel(Static, Coalesced):
         session = self.app.model.session
         run = session.current_or_last()
         mem_bw = session.device.mem_bw_gb_s if session.device else None
+        marked = session.device is None or session.device.device != ENDPOINT
         run_mt = run.metrics() if run else None
         run_roof = session.live_roofline(run) if run else None
         sess = session.session_metrics(run.key if run else None)
-        return (run, metric_rows(run_mt, run_roof, mem_bw),
-                metric_rows(sess, sess.get("roofline") if sess else None, mem_bw), run_roof, sess)
+        return (run, metric_rows(run_mt, run_roof, mem_bw, marked),
+                metric_rows(sess, sess.get("roofline") if sess else None, mem_bw, marked),
+                run_roof, sess)
 
     def redraw_now(self) -> None:
         model = self.app.model

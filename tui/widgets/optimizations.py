@@ -94,6 +94,8 @@ class OptimizationsPanel(VerticalScroll, Coalesced, can_focus=False):
         conflict = model.conflict()
         if table is None:
             status.append(f"… {WAITING}", style="dim")
+        elif model.fixed():
+            status.append(f"read-only: the server's configuration, {model.fixed()}", style="bold")
         elif conflict:
             status.append("⚠ ", style=v["warning"])
             status.append(conflict, style=v["warning"])
