@@ -205,8 +205,12 @@ def test_shutdown_ends_a_running_generation_without_waiting_for_it(engine_factor
     from llmtop.engine.protocol import Shutdown
 
     client = engine_factory(Configure(model="synthetic:tiny", device="cpu"))
-    client.send(Generate(run_id=1, prompt_len=16, max_new_tokens=100_000, ignore_eos=True))
+    client.send(Generate(run_id=1, prompt_len=16, max_new_tokens=4000, ignore_eos=True))
     wait_for(client, lambda e: isinstance(e, Token))
     client.send(Shutdown())
-    client.process.join(10)
+    client.process.join(60)
     assert client.process.exitcode == 0
+    tokens = 0
+    while not client.events.empty():
+        tokens += isinstance(client.events.get(), Token)
+    assert tokens < 4000 - 1, "the engine finished the run before it shut down"
