@@ -17,7 +17,7 @@ from .messages import EngineEventMessage, EngineStarted
 
 
 QUIT_WAIT_S = 0.3   # how long quitting waits for the engine to exit on its own
-HAND_BACK_WAIT_S = 120   # how long an adopted engine may take to finish what was in flight
+HAND_BACK_WAIT_S = 10   # how long an adopted engine may take to end what was in flight
 
 
 class EngineLink:

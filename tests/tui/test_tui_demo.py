@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from textual.widgets import Input
 
-from llmtop.engine.protocol import Configure, Generate, Status
+from llmtop.engine.protocol import Configure, Generate, Status, Stop
 from llmtop.tui.app import LlmtopApp
 from llmtop.tui.widgets import latency_plot as lp
 from llmtop.tui.widgets.metrics import LABELS, MetricsPanel, metric_rows
@@ -30,6 +30,8 @@ class Sent:
 
     def send(self, command) -> None:
         self.sent.append(command)
+        if isinstance(command, Stop) and getattr(self, "on_event", None):
+            self.on_event(Status("ready", "stopped"))   # as an engine answers a Stop
 
     def close(self) -> None:
         pass
