@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import threading
+import time
 from multiprocessing.connection import wait
 from typing import Any, Callable
 
@@ -40,6 +41,10 @@ class EngineClient:
         self._conn = None
         self._reader: threading.Thread | None = None
         self._closing = False
+        # every join and liveness check of the process goes through this lock: two threads
+        # reaping one process race in multiprocessing (CPython gh-130895: one reaps it, the
+        # other's join returns with exitcode None), which once made a quit look hung
+        self._reap_lock = threading.Lock()
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -60,7 +65,24 @@ class EngineClient:
         return self.process.pid if self.process else None
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
+        process = self.process
+        if process is None:
+            return False
+        with self._reap_lock:
+            return process.is_alive()
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The engine's exit code once it has ended; None if it still runs after `timeout`."""
+        return self._wait_exit(self.process, timeout) if self.process is not None else None
+
+    def _wait_exit(self, process: mp.process.BaseProcess, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._reap_lock:   # in short slices: alive() on another thread waits little
+                process.join(max(0.0, min(0.1, deadline - time.monotonic())))
+                code = process.exitcode
+            if code is not None or time.monotonic() >= deadline:
+                return code
 
     def send(self, command: Any) -> None:
         """Sends a command; a dead engine turns into an error event, not an exception."""
@@ -78,18 +100,18 @@ class EngineClient:
         if self.process is None:
             return
         self._closing = True
-        if self.process.is_alive():
+        if self.alive():
             try:
                 self._conn.send(encode(Shutdown()))
             except OSError:
                 pass
-            self.process.join(timeout)
-        if self.process.is_alive():
+            self.wait_exit(timeout)
+        if self.alive():
             self.process.terminate()
-            self.process.join(1.0)
-        if self.process.is_alive():
+            self.wait_exit(1.0)
+        if self.alive():
             self.process.kill()
-            self.process.join(1.0)
+            self.wait_exit(1.0)
         self._conn.close()
         if self._reader is not None:
             self._reader.join(1.0)
@@ -115,12 +137,15 @@ class EngineClient:
                 except (EOFError, OSError):
                     data = None
                 if data is not None:
-                    self._deliver(decode(data))
+                    try:
+                        event = decode(data)
+                    except ValueError as e:   # an engine of another version: say so, keep reading
+                        event = Error(ErrorKind.PROTOCOL, str(e))
+                    self._deliver(event)
                     continue
-            if process.sentinel in ready or not process.is_alive():
-                process.join(0.5)
+            if process.sentinel in ready:
+                code = self._wait_exit(process, 0.5)
                 if not self._closing:
-                    code = process.exitcode
                     how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                     self._deliver(Error(ErrorKind.ENGINE_DEAD, f"the engine process died ({how})",
                                         recoverable=True))
