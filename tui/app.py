@@ -65,7 +65,8 @@ STACK_BELOW = 60 + 64
 CHROME_ROWS = 3      # header (2) and footer (1) around the body
 TABS_MIN_ROWS = 12   # stacked: the tab bar and enough of a panel to use it
 # keys that act on the whole dashboard: none of them acts while an input field has focus
-TYPING_SAFE = ("quit", "help", "command_palette", "leave_input", "save_session", "restart_engine")
+TYPING_SAFE = ("quit", "help", "command_palette", "leave_input", "save_session", "restart_engine",
+               "reconnect")
 
 
 def _start_resource_tracker() -> None:
@@ -98,6 +99,7 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
         Binding("c", "clear_history", "Clear", tooltip="clear the history (asks first): tokens, plot, comparison"),
         Binding("ctrl+s", "save_session", "Save", tooltip="save the session (every run record, the comparison) as JSON"),
         Binding("ctrl+r", "restart_engine", "Restart engine", tooltip="restart the engine process (after a crash, or any time)"),
+        Binding("ctrl+r", "reconnect", "Reconnect", tooltip="connect to the attached server again (after it restarted, or any time)"),
         Binding("b", "baseline", "Baseline", tooltip="make the current configuration the speedup baseline (★)"),
         Binding("f", "profile", "Profile", tooltip="capture a step profile in the next run: top kernels, busy/idle split"),
         Binding("t", "next_theme", "Theme", tooltip="next theme (llmtop-dark, light, high-contrast, rocm, yours)"),
@@ -156,6 +158,7 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
         self.client = client           # an EngineClient; adopted if given (tests share one)
         # llmtop attach: the server's URL, from its EndpointClient (engine/endpoint/client.py)
         self.attached: str | None = getattr(client, "url", None)
+        self.model.attached = self.attached
         self.generation = 0            # bumped per engine instance; stale events are dropped
         self._engine_lock = threading.Lock()
         self._closing = False
@@ -360,6 +363,8 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
         other key is the field's (issue 14.2)."""
         if isinstance(self.focused, Input) and action not in TYPING_SAFE:
             return False
+        if action in ("restart_engine", "reconnect"):   # one ctrl+r, named for what it does
+            return (action == "reconnect") == (self.attached is not None)
         return True
 
     async def action_quit(self) -> None:
@@ -466,8 +471,14 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
+    def key_bindings(self) -> list[Binding]:
+        """This session's bindings: ctrl+r restarts llmtop's engine or reconnects to an
+        attached server, never both (check_action picks the same one for the key)."""
+        gone = "restart_engine" if self.attached is not None else "reconnect"
+        return [b for b in self.BINDINGS if isinstance(b, Binding) and b.action != gone]
+
     def help_bindings(self) -> list[Binding]:
-        keys = [b for b in self.BINDINGS if isinstance(b, Binding)]
+        keys = self.key_bindings()
         keys.append(Binding("ctrl+p", "command_palette", "Command palette",
                             tooltip="command palette: every optimization, theme and action by name"))
         return keys

@@ -70,14 +70,15 @@ class EngineLink:
             self._sampler.watch(pid)
             self._numa_now(pid)
 
+    def action_reconnect(self) -> None:
+        """An attached server is not ours to restart: connect to it again."""
+        self.notify(f"reconnecting to {self.attached}", timeout=3)
+        self.client.send(Stop())   # a run in flight ends; its events are the old link's
+        self.model.engine_starting()
+        self.model.failed.clear()
+        self._adopt_client(self.client)
+
     def action_restart_engine(self) -> None:
-        if self.attached is not None:   # not ours to restart: connect to it again
-            self.notify(f"reconnecting to {self.attached}", timeout=3)
-            self.client.send(Stop())   # a run in flight ends; its events are the old link's
-            self.model.engine_starting()
-            self.model.failed.clear()
-            self._adopt_client(self.client)
-            return
         self.notify("restarting the engine", timeout=3)
         self._launch_engine()
 

@@ -85,6 +85,7 @@ class DashboardModel:
         self._config_error = ""                    # the in-flight Configure failed
         self._before: Configure | None = None      # what ran before the in-flight Configure
         self.resend = False    # after a failure the engine holds the old config or none: resend
+        self.attached: str | None = None   # an attached server's URL: nothing here restarts it
 
     # ---- what the widgets ask ---------------------------------------------------------------
 
@@ -370,6 +371,9 @@ class DashboardModel:
         """Reported once; the last working configuration (else the start-up defaults) is
         applied again; the failed one is never sent again unless the user asks."""
         self.failed[config_id(cfg)] = message
+        if self.attached:   # the server's own configuration: no other one to fall back to
+            self.set_error(f"{message}. {self.restart_hint()}")
+            return
         self.session.config = self._before   # the engine holds that one or none: send it again
         self.resend = True
         self.session.markers.append(Marker(self.session.steps, "failed",
@@ -386,6 +390,10 @@ class DashboardModel:
                          f"Back to {config_label(fallback.opts, tp=fallback.tp)}; choose it "
                          "again to retry.", "error", 12)
         self.port.changed("config", "markers")
+
+    def restart_hint(self) -> str:
+        what = "reconnect" if self.attached else "restart the engine"
+        return f"Press ctrl+r to {what}; everything measured so far is kept."
 
     # ---- engine events ----------------------------------------------------------------------
 
@@ -477,8 +485,7 @@ class DashboardModel:
             self.inflight = None
             s.on_run_error("engine died")
             s.on_status(Status("error", ev.message))
-            self.set_error(f"{ev.message}. Press ctrl+r to restart the engine; "
-                           "everything measured so far is kept.")
+            self.set_error(f"{ev.message}. {self.restart_hint()}")
         elif self.applying is not None and kind != "not_configured":
             self._config_error = ev.message   # handled once, when the engine is ready again
         elif kind == "not_configured":

@@ -18,9 +18,11 @@ REPLAY = Path(__file__).parent / "replay_server.py"
 START_TIMEOUT_S = 240
 
 
-def start_replay() -> tuple[subprocess.Popen, str]:
-    """A replay server on 127.0.0.1 and its base URL; it stops by itself after 10 minutes."""
-    proc = subprocess.Popen([sys.executable, str(REPLAY), "600"], stdout=subprocess.PIPE, text=True)
+def start_replay(port: int = 0) -> tuple[subprocess.Popen, str]:
+    """A replay server on 127.0.0.1 (on `port`, else a free one) and its base URL; it stops by
+    itself after 10 minutes."""
+    proc = subprocess.Popen([sys.executable, str(REPLAY), "600", str(port)],
+                            stdout=subprocess.PIPE, text=True)
     port = proc.stdout.readline().strip()
     assert port.isdigit(), "the replay server did not start"
     return proc, f"http://127.0.0.1:{port}"

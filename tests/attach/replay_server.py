@@ -1,7 +1,7 @@
 """A small local server that replays recorded real streams (tests/attach/data), and the faults.
 
-Run as its own process on 127.0.0.1 (a free port, printed on the first stdout line), so "a
-server that dies" is a real process dying mid-stream. Each first path segment is a server:
+Run as its own process on 127.0.0.1 (a free port, or argv[2]; printed on the first stdout
+line), so "a server that dies" is a real process dying mid-stream. Each first path segment is a server:
 
     /oai     transformers serve's recorded streams (/v1/models, /v1/completions, chat)
     /multi   the recorded stream whose tokens arrive fewer chunks than the usage counts
@@ -122,7 +122,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ThreadingHTTPServer.allow_reuse_address = True   # a restarted server takes its old port
+    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2]) if len(sys.argv) > 2 else 0),
+                                 Handler)
     print(server.server_address[1], flush=True)
     deadline = float(sys.argv[1]) if len(sys.argv) > 1 else 600.0  # stops by itself
     server.timeout = 0.5

@@ -195,3 +195,50 @@ def test_quit_while_the_loop_runs_is_prompt(replay: str) -> None:
         client.close()
     assert max(took) < 5, took
     assert not client.alive()
+
+
+def test_reconnect_after_the_server_went_away() -> None:
+    """The server stops between runs: ctrl+r (the footer's Reconnect: there is no engine here
+    to restart) says in one line that the server cannot be reached and what to do, keeping the
+    runs measured; with the server back on its port, ctrl+r again attaches and runs go on."""
+    proc, url = start_replay()
+    port = int(url.rsplit(":", 1)[1])
+    client = EndpointClient(attach.connect(url + "/tgi"), timeout_s=20)
+    client.start()
+
+    def done() -> int:
+        return sum(1 for r in app.session.runs if r.record)
+
+    async def body() -> None:
+        nonlocal proc, app
+        app = _app(client)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await wait_for(pilot, lambda: done() >= 1, 30, "a run")
+            footer = screen_text(app).splitlines()[-1]
+            assert "Reconnect" in footer and "Restart engine" not in footer, footer
+            await pilot.press("space")   # the loop pauses once its run ends
+            await wait_for(pilot, lambda: not app.model.busy, 10, "the run in flight to end")
+            measured = done()
+            proc.kill()
+            proc.wait()
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: app.model.error, 30, "the unreachable server's line")
+            error = app.model.error
+            assert "Press ctrl+r to reconnect" in error and "\n" not in error, error
+            assert "cannot load" not in error and "restart the engine" not in error, error
+            assert done() == measured
+            proc, _ = start_replay(port)
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: app.model.engine_up and not app.model.busy, 30,
+                           "attached again")
+            assert not app.model.error
+            await pilot.press("space")
+            await wait_for(pilot, lambda: done() >= measured + 2, 30, "runs after reconnecting")
+
+    app = None
+    try:
+        run_async(body())
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait()

@@ -299,7 +299,7 @@ def test_help_lists_every_key_and_palette_has_every_toggle():
         await pilot.press("question_mark")
         await pilot.pause()
         text = screen_text(app)
-        for binding in app.BINDINGS:
+        for binding in app.key_bindings():
             for key in binding.key.split(","):
                 shown = app.get_key_display(type(binding)(key, ""))
                 assert shown in text, f"help does not list {key}"

@@ -34,7 +34,7 @@ class KeyFooter(Widget):
             return list(TYPING)
         # a binding of several keys ("question_mark,f1") shows its first, as "?"
         return [(app.get_key_display(replace(b, key=b.key.split(",")[0])), b.description)
-                for b in app.BINDINGS if getattr(b, "show", False)]
+                for b in app.key_bindings() if b.show]
 
     def render(self) -> Text:
         v = palette(self.app)
