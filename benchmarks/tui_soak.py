@@ -3,7 +3,10 @@ embedded model, driven by keys for N minutes: toggles of every axis (through the
 palette), prompts, batch changes, resizes, themes, an option that fails to apply, a cancel.
 Samples the UI's and the engine's resident memory every minute and prints a summary.
 
-    .venv/bin/python benchmarks/tui_soak.py --minutes 20 [--every 15] [--out soak.json]
+    .venv/bin/python benchmarks/tui_soak.py --minutes 20 [--every 15] [--out soak.json] [--trace DIR]
+
+--trace runs the UI under tracemalloc (benchmarks/tui_traced.py) and prints the allocation
+sites that grew between minute 2 and the end.
 
 Not a test: it takes as long as it is told, and prints figures (RSS per minute, growth after
 the first two minutes, runs finished, failures reported), leaving the judgement to the reader.
@@ -15,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,7 +59,7 @@ def prompt(name: str, text: str) -> None:
 
 def batch(name: str, n: int) -> None:
     keys(name, "/")
-    time.sleep(0.5)
+    time.sleep(1.5)            # a loaded UI moves the focus after its next refresh
     keys(name, "Tab")          # the batch field follows the prompt field
     keys(name, "End", "C-u")
     keys(name, str(n), literal=True)
@@ -105,7 +109,8 @@ def find_ui(name: str) -> psutil.Process | None:
         return None
     for p in psutil.Process(int(pid)).children(recursive=True):
         try:
-            if "llmtop" in " ".join(p.cmdline()) and "multiprocessing" not in " ".join(p.cmdline()):
+            line = " ".join(p.cmdline())
+            if ("llmtop" in line or "tui_traced" in line) and "multiprocessing" not in line:
                 return p
         except psutil.Error:
             continue
@@ -137,6 +142,7 @@ def main() -> int:
                     help="AXIS=VALUE options that fail to apply here (default: flex, kv=static, "
                          "compile=full: an inductor failure on some CPUs)")
     ap.add_argument("--out", help="write the samples as JSON here")
+    ap.add_argument("--trace", help="run the UI under tracemalloc; its snapshots go here")
     args = ap.parse_args()
     if shutil.which("tmux") is None:
         print("tui_soak: needs tmux", file=sys.stderr)
@@ -146,6 +152,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="llmtop-soak-"))
     record = work / "session.jsonl"
     name = "soak"
+    if args.trace:
+        exe = f"{sys.executable} {Path(__file__).resolve().parent / 'tui_traced.py'} {Path(args.trace).resolve()}"
     shell = (f"cd {work} && env -u COLUMNS -u LINES XDG_CONFIG_HOME={work}/config {exe} "
              f"--device cpu --max-new-tokens {args.tokens} --record {record}; sleep 600")
     tmux("new-session", "-d", "-s", name, "-x", "160", "-y", "48", shell)
@@ -166,6 +174,13 @@ def main() -> int:
                 samples.append({"minute": round((now - t0) / 60, 1), "ui_mb": rss_mb(ui),
                                 "engine_mb": engine_rss(ui), "runs": _runs(record)})
                 print(json.dumps(samples[-1]), flush=True)
+                if samples[-1]["ui_mb"] is None and len(samples) > 1:
+                    final = tmux("capture-pane", "-p", "-t", name)
+                    print("the UI process is gone; its pane:\n" + final, flush=True)
+                    runs_after = _runs(record)
+                    break
+                if args.trace and ui is not None and len(samples) == 3:   # minute 2
+                    ui.send_signal(signal.SIGUSR2)
                 next_sample += 60
             if now >= next_action:
                 what, do = steps[i] if i < len(steps) else cycled[(i - len(steps)) % len(cycled)]
@@ -174,7 +189,11 @@ def main() -> int:
                 i += 1
                 next_action += args.every
             time.sleep(0.5)
-        final = tmux("capture-pane", "-p", "-t", name)
+        else:
+            final = tmux("capture-pane", "-p", "-t", name)
+        if args.trace and ui is not None and ui.is_running():
+            ui.send_signal(signal.SIGUSR2)
+            time.sleep(10)
         samples.append({"minute": round((time.monotonic() - t0) / 60, 1), "ui_mb": rss_mb(ui),
                         "engine_mb": engine_rss(ui), "runs": _runs(record)})
         time.sleep(30)
@@ -184,6 +203,11 @@ def main() -> int:
         time.sleep(3)
         tmux("kill-server")
     summary(samples, final, runs_after, record)
+    if args.trace:
+        snaps = sorted(Path(args.trace).glob("snapshot-*.pickle"))
+        if len(snaps) >= 2:
+            subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "tui_traced.py"),
+                            "--compare", str(snaps[0]), str(snaps[-1])])
     if args.out:
         Path(args.out).write_text(json.dumps({"samples": samples, "final_screen": final}, indent=1))
     return 0

@@ -66,7 +66,7 @@ CHROME_ROWS = 3      # header (2) and footer (1) around the body
 TABS_MIN_ROWS = 12   # stacked: the tab bar and enough of a panel to use it
 # keys that act on the whole dashboard: none of them acts while an input field has focus
 TYPING_SAFE = ("quit", "help", "command_palette", "leave_input", "save_session", "restart_engine",
-               "reconnect")
+               "reconnect", "focus_next", "focus_previous")   # Tab: the next field
 
 
 def _start_resource_tracker() -> None:

@@ -99,6 +99,26 @@ def test_typing_a_prompt_changes_nothing_else_and_enter_starts_one_run():
     run_app(body)
 
 
+def test_tab_moves_from_the_prompt_to_the_batch_field():
+    """Tab and shift+Tab move between the run settings' fields (the typing guard held them
+    back, so a soak's Tab then "2" made "2" the prompt)."""
+    async def body(app, pilot):
+        await fed(app, pilot)
+        await pilot.press("slash")
+        await pilot.pause()
+        await pilot.press("tab")
+        await pilot.pause()
+        assert app.focused is not None and app.focused.id == "set-batch"
+        await pilot.press("shift+tab")
+        await pilot.pause()
+        assert app.focused.id == "set-prompt"
+        await pilot.press("tab", "ctrl+u", "2", "enter")
+        await pilot.pause()
+        assert app.model.settings.batch == 2 and app.model.settings.prompt is None
+
+    run_app(body)
+
+
 def test_chat_template_is_the_default_for_a_model_that_has_one():
     """14.3: the embedded (instruct) model gets its prompts through the chat template, with a
     raw-text switch in the run settings; synthetic models send text as it is."""

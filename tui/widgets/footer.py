@@ -17,7 +17,8 @@ from textual.widgets import Input
 
 from .base import palette
 
-TYPING = (("enter", "apply the field"), ("esc", "leave it"), ("ctrl+c", "quit"), ("f1", "help"))
+TYPING = (("enter", "apply the field"), ("tab", "next field"), ("esc", "leave it"),
+          ("ctrl+c", "quit"), ("f1", "help"))
 
 
 class KeyFooter(Widget):
