@@ -467,6 +467,10 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
         else:
             body.scroll_page_up(animate=False)
 
+    def action_command_palette(self) -> None:
+        if self.use_command_palette and not textual_fixes.OncePalette.is_open(self):
+            self.push_screen(textual_fixes.OncePalette(id="--command-palette"))
+
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())

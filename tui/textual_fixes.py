@@ -1,4 +1,5 @@
-"""A workaround for a Textual cache that keeps every widget's rendered lines (issue 14.10).
+"""Workarounds for two Textual defects: a cache that keeps every widget's rendered lines
+(issue 14.10), and a command palette that a double Enter closes twice (the app dies).
 
 textual._styles_cache.StylesCache.get_inner_outer is an lru_cache(1024) on an instance method:
 its key holds the StylesCache, so the 1024 latest (widget, colours) pairs keep their widgets'
@@ -11,9 +12,13 @@ on them alone here.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
+from typing import Any
 
 from textual._styles_cache import StylesCache
+from textual.await_complete import AwaitComplete
+from textual.command import CommandPalette
 from textual.color import Color
 from textual.style import Style
 
@@ -31,3 +36,25 @@ def keyed_on_colours(_self: StylesCache, base_background: Color, background: Col
 def apply() -> None:
     """Installs the workaround (idempotent); the App calls it at import."""
     StylesCache.get_inner_outer = keyed_on_colours
+
+
+def _nothing() -> None:
+    pass
+
+
+class OncePalette(CommandPalette):
+    """Textual's command palette, closed once. Two Enters that reach it before the first one's
+    selection has landed (a burst from the terminal, a double press) each select the command
+    and each dismiss the palette; the second pops the dashboard's own screen and the app dies
+    with ScreenStackError (Textual 8.2.8: seen in a soak, then at once in tmux by sending Enter
+    twice). Here the second is ignored, its run of the command included."""
+
+    _closed = False
+
+    def dismiss(self, result: Any = None) -> AwaitComplete:
+        if self._closed:
+            if self._selected_command is not None:   # the palette runs it right after this
+                self._selected_command = replace(self._selected_command, command=_nothing)
+            return AwaitComplete.nothing()
+        self._closed = True
+        return super().dismiss(result)

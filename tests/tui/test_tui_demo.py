@@ -99,6 +99,29 @@ def test_typing_a_prompt_changes_nothing_else_and_enter_starts_one_run():
     run_app(body)
 
 
+def test_a_double_enter_in_the_palette_runs_its_command_once():
+    """Two Enters reaching the palette before the first one's selection lands (as a terminal
+    delivers a burst) closed it twice in Textual 8.2.8: the second pop took the dashboard's own
+    screen and the app died (ScreenStackError). The command runs once: Pause, not pause and
+    resume."""
+    from textual.command import CommandInput
+
+    async def body(app, pilot):
+        await fed(app, pilot)
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"Pause")
+        await pilot.pause(0.5)
+        field = app.screen.query_one(CommandInput)
+        field.post_message(Input.Submitted(field, field.value))
+        field.post_message(Input.Submitted(field, field.value))
+        await pilot.pause(0.5)
+        assert len(app.screen_stack) == 1 and app.is_running
+        assert app.model.paused
+
+    run_app(body)
+
+
 def test_tab_moves_from_the_prompt_to_the_batch_field():
     """Tab and shift+Tab move between the run settings' fields (the typing guard held them
     back, so a soak's Tab then "2" made "2" the prompt)."""
