@@ -242,3 +242,34 @@ def test_reconnect_after_the_server_went_away() -> None:
         client.close()
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_batch_of_two_and_chat_in_the_attached_dashboard(replay: str, chat: bool) -> None:
+    """--batch 2 sends two concurrent streamed requests per run and --chat the chat API: each
+    run's record says so, its tokens stream, and the comparison row is the batch's."""
+    client = EndpointClient(attach.connect(replay + "/oai"), timeout_s=20)
+    client.start()
+
+    async def body() -> None:
+        app = LlmtopApp(Configure(model=client.server.model, device="endpoint", dtype="",
+                                  opts={"backend": "endpoint"}),
+                        Generate(prompt=PROMPT, max_new_tokens=20, batch=2), client=client,
+                        telemetry=False, chat=chat)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await wait_for(pilot, lambda: sum(1 for r in app.session.runs if r.record) >= 2, 30,
+                           "two runs")
+            await pilot.press("space")
+            await wait_for(pilot, lambda: not app.model.busy, 10, "the loop to idle")
+            run = [r for r in app.session.runs if r.record][-1]
+            assert run.record["request"]["batch"] == 2 and run.texts
+            assert len(run.record["requests"]) == 2 and run.record["serving"]["completed"] == 2
+            assert run.record["request"]["chat"] == chat
+            (row,) = app.session.rows.values()
+            assert row.batch == 2 and row.count >= 2
+            assert not app.model.error and "Error" not in screen_text(app)
+
+    try:
+        run_async(body())
+    finally:
+        client.close()
