@@ -2,7 +2,10 @@
 static cache, ... on the embedded model on the CPU, one short run after each; prints the RSS
 after each, so a model or cache that is not given back shows as a step that never comes down.
 
-    .venv/bin/python benchmarks/engine_memory.py
+    .venv/bin/python benchmarks/engine_memory.py [--compile]
+
+--compile walks the dashboard soak's compile and flex toggles instead (tui_soak.py's first
+minutes), one at a time, back to the defaults between them.
 
 Measured on the 2-core CPU box, 2026-12-01: without malloc_trim after an unload the second
 bf16 sat at 1168 MB (first: 717 MB); with it 748 MB (the allocator kept the fp32 model's heap).
@@ -10,13 +13,22 @@ bf16 sat at 1168 MB (first: 717 MB); with it 748 MB (the allocator kept the fp32
 
 from __future__ import annotations
 
+import sys
+
 import psutil
 
 from llmtop.engine.client import EngineClient
 from llmtop.engine.protocol import Configure, Error, Generate, GuardResult, RunDone, Status
 
-STEPS = [("bf16", "dynamic"), ("fp32", "dynamic"), ("bf16", "dynamic"), ("bf16", "static"),
-         ("bf16", "dynamic"), ("fp32", "dynamic"), ("bf16", "dynamic")]
+STEPS = [("bf16", {"kv": "dynamic"}), ("fp32", {"kv": "dynamic"}), ("bf16", {"kv": "dynamic"}),
+         ("bf16", {"kv": "static"}), ("bf16", {"kv": "dynamic"}), ("fp32", {"kv": "dynamic"}),
+         ("bf16", {"kv": "dynamic"})]
+FLEX = {"attention": "flex"}
+COMPILE_STEPS = [("bf16", {}), ("bf16", FLEX), ("bf16", {**FLEX, "kv": "static"}),
+                 ("bf16", {**FLEX, "kv": "static", "compile": "full"}),
+                 ("bf16", {**FLEX, "kv": "static", "compile": "layers"}), ("bf16", {}),
+                 ("bf16", {"kv": "static"}), ("bf16", {}), ("fp32", {}), ("bf16", {}),
+                 ("bf16", {"compile": "layers"}), ("bf16", {}), ("bf16", {})]
 
 
 def wait(client: EngineClient, pred) -> object:
@@ -27,23 +39,28 @@ def wait(client: EngineClient, pred) -> object:
 
 
 def main() -> None:
+    steps = COMPILE_STEPS if "--compile" in sys.argv[1:] else STEPS
     client = EngineClient()
     client.start()
     try:
         wait(client, lambda e: isinstance(e, Status) and e.phase == "ready")
         proc = psutil.Process(client.pid)
         first = None
-        for dtype, kv in STEPS:
-            client.send(Configure(model="embedded", device="cpu", dtype=dtype, opts={"kv": kv}))
+        for dtype, opts in steps:
+            label = " ".join(f"{k}={v}" for k, v in opts.items()) or "defaults"
+            client.send(Configure(model="embedded", device="cpu", dtype=dtype, opts=opts))
             ev = wait(client, lambda e: isinstance(e, (GuardResult, Error)))
             if isinstance(ev, Error):
-                print(f"{dtype} kv={kv}: {ev.message}")
+                wait(client, lambda e: isinstance(e, Status) and e.phase in ("ready", "error"))
+                rss = proc.memory_info().rss / 1e6
+                print(f"{dtype:5} {label:28} engine RSS {rss:7.0f} MB  failed: {ev.message[:60]}",
+                      flush=True)
                 continue
             client.send(Generate(prompt="The largest continent is", max_new_tokens=8))
             wait(client, lambda e: isinstance(e, RunDone))
             rss = proc.memory_info().rss / 1e6
             first = first or rss
-            print(f"{dtype:5} kv={kv:8} engine RSS {rss:7.0f} MB  ({rss / first:.2f}x the first)",
+            print(f"{dtype:5} {label:28} engine RSS {rss:7.0f} MB  ({rss / first:.2f}x the first)",
                   flush=True)
     finally:
         client.close()

@@ -468,8 +468,11 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
             body.scroll_page_up(animate=False)
 
     def action_command_palette(self) -> None:
+        # no fixed id (Textual gives "--command-palette"): a closed palette stays among the
+        # app's children until its removal, and a ctrl+p before that pushed a second one with
+        # the same id (DuplicateIds, the app died: seen in the traced soak)
         if self.use_command_palette and not textual_fixes.OncePalette.is_open(self):
-            self.push_screen(textual_fixes.OncePalette(id="--command-palette"))
+            self.push_screen(textual_fixes.OncePalette())
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -49,12 +49,12 @@ class OncePalette(CommandPalette):
     with ScreenStackError (Textual 8.2.8: seen in a soak, then at once in tmux by sending Enter
     twice). Here the second is ignored, its run of the command included."""
 
-    _closed = False
+    _closing_once = False   # (MessagePump has its own _closed)
 
     def dismiss(self, result: Any = None) -> AwaitComplete:
-        if self._closed:
+        if self._closing_once:
             if self._selected_command is not None:   # the palette runs it right after this
                 self._selected_command = replace(self._selected_command, command=_nothing)
             return AwaitComplete.nothing()
-        self._closed = True
+        self._closing_once = True
         return super().dismiss(result)

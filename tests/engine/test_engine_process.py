@@ -216,3 +216,37 @@ def test_shutdown_ends_a_running_generation_without_waiting_for_it(engine_factor
     while not client.events.empty():
         tokens += isinstance(client.events.get(), Token)
     assert tokens < 4000 - 1, "the engine finished the run before it shut down"
+
+
+def test_a_failed_configuration_does_not_keep_its_model_alive():
+    """The frames of a failed step hold the model it ran; whatever keeps the error (an
+    inductor failure in a compile=layers guard was kept somewhere in torch) kept a whole model
+    resident after the next reload: +280 MB per failure on the embedded model. The runner
+    clears those frames, the causes' too, before it reports the failure."""
+    import gc
+    import weakref
+
+    from llmtop.engine.runner import _drop_frames
+
+    class Model:
+        pass
+
+    def guard_step(model: Model) -> None:
+        raise RuntimeError("C++ compile failed")
+
+    def configure() -> tuple[RuntimeError, weakref.ref]:
+        model = Model()
+        try:
+            try:
+                guard_step(model)
+            except RuntimeError as inner:
+                raise RuntimeError("InductorError") from inner
+        except RuntimeError as e:
+            return e, weakref.ref(model)
+
+    kept, model = configure()
+    gc.collect()
+    assert model() is not None   # held by the kept error's frames
+    _drop_frames(kept)
+    gc.collect()
+    assert model() is None

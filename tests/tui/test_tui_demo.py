@@ -122,6 +122,28 @@ def test_a_double_enter_in_the_palette_runs_its_command_once():
     run_app(body)
 
 
+def test_ctrl_p_right_after_the_palette_closed_opens_it_again():
+    """A closed palette stays among the app's children until its removal: a ctrl+p before
+    that (a slow loop, a quick person) pushed a second one with Textual's fixed id, and the
+    app died with DuplicateIds (seen in the traced soak)."""
+    from textual.command import CommandPalette
+
+    async def body(app, pilot):
+        await fed(app, pilot)
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        first = app.screen
+        app.pop_screen()
+        assert first in app._nodes          # not removed yet
+        app.action_command_palette()
+        assert isinstance(app.screen, CommandPalette) and app.screen is not first
+        await asyncio.sleep(0.5)
+        assert app.is_running and first not in app._nodes
+        app.exit()
+
+    run_app(body)
+
+
 def test_tab_moves_from_the_prompt_to_the_batch_field():
     """Tab and shift+Tab move between the run settings' fields (the typing guard held them
     back, so a soak's Tab then "2" made "2" the prompt)."""
