@@ -9,6 +9,9 @@ minutes), one at a time, back to the defaults between them.
 
 Measured on the 2-core CPU box, 2026-12-01: without malloc_trim after an unload the second
 bf16 sat at 1168 MB (first: 717 MB); with it 748 MB (the allocator kept the fp32 model's heap).
+--compile, same day: 718 MB first, 1383 MB at the end while a failed configuration's traceback
+kept its model (each failed flex+static compile=layers +280 MB), 861 MB once the runner clears
+those frames (fp32 step 1643 -> 1076 MB).
 """
 
 from __future__ import annotations
