@@ -6,7 +6,9 @@ of --tokens decode steps through generate_steps, the stamps the engine itself re
 TPOT (mean decode gap), ITL p50 / p99, x-floor, where floor = (weight bytes + KV bytes the step
 must read) / the read bandwidth measured here, and native / gpt-fast where gpt-fast ran the
 same point (its own process, compile reduce-overhead, its decode_ms method: (t(N2) - t(N1)) /
-(N2 - N1)). Also the KV bytes static and paged reserve for a batch of mixed prompt lengths.
+(N2 - N1)), and `--preset max` of backend=hf (transformers with a static cache and CUDA
+graphs, the fastest hf path) at --hf-points, on the same loaded weights and floor. Also the KV
+bytes static and paged reserve for a batch of mixed prompt lengths.
 
     python3 benchmarks/native_decode.py [--gptfast DIR] [--points 1x128,8x128,1x2048,8x2048]
 """
@@ -19,12 +21,15 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 import torch
 
 from llmtop.engine import generate, models
 from llmtop.engine import spec as specs
+from llmtop.engine.backends.hf import HfBackend
 from llmtop.engine.backends.native import NativeBackend
+from llmtop.engine.catalogue import parse_opts
 from llmtop.engine.generate import Sampling
 from llmtop.engine.protocol import Generate
 
@@ -36,6 +41,7 @@ from model import Transformer
 bs, plen, n1, n2 = (int(a) for a in sys.argv[2:6])
 with torch.device("meta"):
     m = Transformer.from_name("7B")
+m.config.block_size = 4096   # Llama-2's context; gpt-fast's 7B entry keeps 2048, too short for 2048 + 288
 m = m.to_empty(device="cuda").to(torch.bfloat16)
 with torch.no_grad():
     for p in m.parameters(): p.normal_(0, 0.02)
@@ -69,7 +75,7 @@ def read_bandwidth() -> float:
     return 2 ** 32 / best / 1e9
 
 
-def timed_run(native: NativeBackend, loaded: models.Loaded, batch: int, prompt: int | list[int],
+def timed_run(backend: Any, loaded: models.Loaded, batch: int, prompt: int | list[int],
               tokens: int) -> list[int]:
     """Stamps of one run (prompt lengths may differ per request: left-padded as the engine does)."""
     lens = prompt if isinstance(prompt, list) else [prompt] * batch
@@ -80,7 +86,7 @@ def timed_run(native: NativeBackend, loaded: models.Loaded, batch: int, prompt: 
     for r, n in enumerate(lens):
         mask[r, width - n:] = 1
     inp.attention_mask = mask
-    steps = native.generate_steps(inp, tokens, Sampling(), set(), True, lambda: False)
+    steps = backend.generate_steps(inp, tokens, Sampling(), set(), True, lambda: False)
     return [s.t_ns for s in steps]
 
 
@@ -111,6 +117,8 @@ def main() -> None:
     ap.add_argument("--mixed", type=int, default=32, help="batch of the mixed-length KV run")
     ap.add_argument("--mode", default="max-autotune-no-cudagraphs")
     ap.add_argument("--profile", action="store_true", help="kernel table of a 1x128 step")
+    ap.add_argument("--hf-points", default="1x128,8x128",
+                    help="points of backend=hf --preset max ('': none; each compiles ~1 min)")
     args = ap.parse_args()
     points = [tuple(int(v) for v in pt.split("x")) for pt in args.points.split(",")]
     bw = read_bandwidth()
@@ -150,6 +158,10 @@ def main() -> None:
             step_profile(native, loaded)
         native.close()
         del native
+    hf_points = [tuple(int(v) for v in pt.split("x"))
+                 for pt in filter(None, args.hf_points.split(","))]
+    if hf_points:
+        rows += preset_max(loaded, hf_points, args.tokens, bw, weights, token_bytes)
     if args.mixed:
         mixed_kv(loaded, args.mixed)
     table(rows, {})
@@ -164,6 +176,31 @@ def main() -> None:
         print(f"# gpt-fast {batch}x{prompt}: {peer[(batch, prompt)]}{ratio}", flush=True)
     if peer:
         table(rows, peer)
+
+
+def preset_max(loaded: models.Loaded, points: list[tuple[int, int]], tokens: int, bw: float,
+               weights: int, token_bytes: int) -> list[dict]:
+    """backend=hf with --preset max (static cache, the forward compiled reduce-overhead in CUDA
+    graphs) at the same points and floor: the fastest transformers path beside native."""
+    opts = parse_opts([], "max")
+    events: list = []
+    hf = HfBackend(loaded, opts, events.append)
+    rows = []
+    for batch, prompt in points:
+        t0 = time.perf_counter()
+        hf.warm(batch, prompt, tokens + 1)
+        timed_run(hf, loaded, batch, prompt, tokens + 1)     # the prefill graph, unmeasured
+        built = time.perf_counter() - t0
+        g = gaps_ms(timed_run(hf, loaded, batch, prompt, tokens + 1))
+        floor = (weights + batch * (prompt + tokens / 2) * token_bytes) / bw / 1e6
+        tpot = statistics.fmean(g)
+        rows.append(dict(kv="hf --preset max", batch=batch, prompt=prompt, tpot=tpot,
+                         p50=p(g, .5), p99=p(g, .99), floor=floor))
+        print(f"  hf --preset max ({opts}) bs={batch} prompt={prompt}: built in {built:.1f} s, "
+              f"TPOT {tpot:.3f} ms, floor {floor:.3f} ms ({tpot / floor:.2f}x)", flush=True)
+    del hf
+    torch.cuda.empty_cache()
+    return rows
 
 
 def step_profile(native: NativeBackend, loaded: models.Loaded, steps: int = 32) -> None:
@@ -183,7 +220,7 @@ def step_profile(native: NativeBackend, loaded: models.Loaded, steps: int = 32) 
     print(f"\n# step profile, static 1x128: wall {wall:.3f} ms/step, kernels {busy:.3f} "
           f"ms/step (prefill spread in), gaps {wall - busy:.3f} ms, {launches:.0f} kernels/step")
     print("| kernel | calls/step | us/call | ms/step |\n|---|---|---|---|")
-    for e in kern[:14]:
+    for e in kern[:24]:
         per = e.self_device_time_total / 1e3 / (steps + 1)
         print(f"| {e.key[:70]} | {e.count / (steps + 1):.0f} | "
               f"{e.self_device_time_total / e.count:.1f} | {per:.3f} |")

@@ -69,6 +69,32 @@ def attention_for(name: str) -> Callable[..., torch.Tensor]:
 ENGINE_CONTEXT = 4096
 
 
+class TokenReader:
+    """Copies each step's ids to the host without waiting for the step queued after it: on
+    CUDA into two pinned buffers in turn, each with an event (a plain .tolist() would wait for
+    the whole stream, the next step included). On the CPU every op has run when it returns."""
+
+    def __init__(self, batch: int, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.bufs = [torch.empty(batch, dtype=torch.long, pin_memory=True) for _ in (0, 1)]
+            self.events = [torch.cuda.Event() for _ in (0, 1)]
+        self.turn = 0
+
+    def start(self, ids: torch.Tensor) -> Callable[[], list[int]]:
+        """Starts the copy of ids [B, 1]; the returned call waits for it and gives the list."""
+        if not self.cuda:
+            return lambda: ids.view(-1).tolist()
+        i, self.turn = self.turn, self.turn ^ 1
+        self.bufs[i].copy_(ids.view(-1), non_blocking=True)
+        self.events[i].record()
+
+        def wait() -> list[int]:
+            self.events[i].synchronize()
+            return self.bufs[i].tolist()
+        return wait
+
+
 class NativeBackend(Backend):
     name = "native"
 
@@ -169,27 +195,30 @@ class NativeBackend(Backend):
     def generate_steps(self, inputs: Inputs, max_new_tokens: int, sampling: Sampling,
                        eos_ids: set[int], ignore_eos: bool,
                        should_stop: Callable[[], bool]) -> Iterator[Step]:
-        """Steps like the hf path's: the next step is launched before this one is yielded,
-        so detokenizing and sending overlap the device's work."""
+        """Steps like the hf path's, one step ahead: step i + 1 is queued (its input is step
+        i's sampled ids, on the device) before step i's ids are read, so the device never
+        waits for the host's read, stamp and send between steps. A run that stops early has
+        computed one step it does not report (never past max_new_tokens)."""
         batch = inputs.input_ids.shape[0]
         finished = [False] * batch
+        reader = TokenReader(batch, self.model.device)
         with torch.inference_mode():
             logits, lengths = self._prefill(inputs, max_new_tokens)
             next_ids = select(logits[:, None, :], sampling)
-            ids = next_ids.view(-1).tolist()
-            t_ns = time.perf_counter_ns()
+            read = reader.start(next_ids)
             for i in range(1, max_new_tokens + 1):
+                if i < max_new_tokens:
+                    next_ids = select(self._launch(next_ids, lengths)[:, None, :], sampling)
+                    read_next = reader.start(next_ids)
+                ids = read()
+                t_ns = time.perf_counter_ns()
                 live = [not f for f in finished]
                 finished = [f or (t in eos_ids) for f, t in zip(finished, ids)]
                 done = i == max_new_tokens or (not ignore_eos and all(finished)) or should_stop()
-                if not done:
-                    logits = self._launch(next_ids, lengths)
                 yield Step(i - 1, ids, t_ns, live)
                 if done:
                     return
-                next_ids = select(logits[:, None, :], sampling)
-                ids = next_ids.view(-1).tolist()
-                t_ns = time.perf_counter_ns()
+                read = read_next
 
     def trace(self, inputs: Inputs, tokens: int, forced: Sequence[int] | None = None) -> Trace:
         ids: list[int] = []

@@ -9,8 +9,9 @@ read from `lens` on the device, so one captured graph serves every length.
 
 The sequence is split among NSPLIT programs per KV head (flash-decoding): at batch 1 a 7B has
 32 KV heads, too few programs to stream a long cache at full bandwidth. Each program writes
-its part's normalized output and log-sum-exp; model.merge combines the parts (in the compiled
-piece that follows, where inductor fuses it into the output projection). The grouped query
+its part's normalized output and log-sum-exp, and a second small kernel weighs the parts by
+their softmax mass into the output (one launch: written in PyTorch, inductor made two of it,
+and each launch in a captured step costs its own gap). The grouped query
 heads of one KV head are one block of queries, so GQA reads each key once. Products are
 summed in fp32 without tensor cores, so fp32 models get fp32 attention (greedy ids match the
 SDPA path's).
@@ -76,12 +77,36 @@ def _decode_parts(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, lse_ptr,
     tl.store(lse_ptr + at_part, lse, mask=live)
 
 
+@triton.jit
+def _merge_parts(parts_ptr, lse_ptr, o_ptr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    at = tl.program_id(0)                           # row * heads + head
+    part = tl.arange(0, SPLITS)
+    d = tl.arange(0, HEAD_DIM)
+    lse = tl.load(lse_ptr + at * SPLITS + part)
+    w = tl.exp(lse - tl.max(lse, 0))                # part 0 is never empty; -inf weighs 0
+    w = w / tl.sum(w, 0)
+    parts = tl.load(parts_ptr + (at * SPLITS + part)[:, None] * HEAD_DIM + d[None, :])
+    out = tl.sum(parts * w[:, None], 0)
+    tl.store(o_ptr + at * HEAD_DIM + d, out.to(o_ptr.dtype.element_ty))
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     lens: torch.Tensor, table: torch.Tensor | None, page: int) -> torch.Tensor:
+    """q [B, H, D] (one new token per row, rotated); the caches [rows or pages, slots, KV
+    heads, D]; row b attends to its slots 0 .. lens[b]. Returns [B, 1, H * D] in q's dtype."""
+    parts, lse = decode_parts(q, k_cache, v_cache, lens, table, page)
+    b, heads, dim = q.shape
+    out = torch.empty(b, 1, heads * dim, dtype=q.dtype, device=q.device)
+    _merge_parts[(b * heads,)](parts, lse, out, SPLITS=NSPLIT, HEAD_DIM=dim, num_warps=1)
+    return out
+
+
 def decode_parts(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  lens: torch.Tensor, table: torch.Tensor | None,
                  page: int) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, H, D] (one new token per row, rotated); the caches [rows or pages, slots, KV
     heads, D]; row b attends to its slots 0 .. lens[b]. Returns the parts [B, H, NSPLIT, D]
-    and their log-sum-exps [B, H, NSPLIT] (fp32), for model.merge."""
+    and their log-sum-exps [B, H, NSPLIT] (fp32), which decode_attention merges."""
     q = q.contiguous()                      # the kernel steps over D with stride 1
     b, heads, dim = q.shape
     kv_heads = k_cache.shape[2]

@@ -8,8 +8,8 @@ per span of SPAN_STEP slots and each step replays the smallest span that covers 
 row. Batch sizes are captured at powers of two up to the cache's batch; a batch in between
 replays the next size up, its extra rows idle.
 
-With compile=full the step's pure pieces (model.Pieces: norm + q/k/v + rotary; merge + o +
-MLP; the LM head) are compiled with fullgraph=True once per batch size: one compiled version
+With compile=full the step's pure pieces (model.Pieces: norm + q/k/v + rotary; o + MLP;
+the LM head) are compiled with fullgraph=True once per batch size: one compiled version
 serves all layers, and the attention kernel between them runs as it is inside the graph.
 max-autotune with coordinate descent picks Triton GEMV tilings (the issue's yardstick: 3.55 ms
 against cuBLAS's 4.06 ms for a 7B's weights).
@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from .model import EAGER, NativeUnsupported, Pieces, attn_in, attn_out_mlp, head, merge_out_mlp
+from .model import EAGER, NativeUnsupported, Pieces, attn_in, attn_out_mlp, head
 
 SPAN_STEP = 256      # KV slots per captured span
 
@@ -36,7 +36,7 @@ def compiled(mode: str | None) -> Pieces:
     """One compiled set per mode for the process: a later backend reuses its compiled code."""
     kw = dict(fullgraph=True, dynamic=False, mode=mode)
     return Pieces(torch.compile(attn_in, **kw), torch.compile(attn_out_mlp, **kw),
-                  torch.compile(merge_out_mlp, **kw), torch.compile(head, **kw))
+                  torch.compile(head, **kw))
 
 
 def graph_batches(max_batch: int) -> list[int]:
@@ -62,7 +62,7 @@ class Decoder:
         self.ids = torch.zeros(max_batch, 1, dtype=torch.long, device=device)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.batches = sorted(batches or graph_batches(max_batch))
-        self.spans = [cache.context] if model.decode_parts is not None else \
+        self.spans = [cache.context] if model.decode_attention is not None else \
             list(range(SPAN_STEP, cache.context, SPAN_STEP)) + [cache.context]
         if capture:
             if torch.device(device).type != "cuda":

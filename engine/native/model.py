@@ -168,22 +168,6 @@ def attn_out_mlp(x: torch.Tensor, o: torch.Tensor, wo: torch.Tensor, norm: torch
     return x + (reduce(m) if reduce is not None else m)
 
 
-def merge(parts: torch.Tensor, lse: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """attention.py's parts of the sequence [B, H, splits, D], each weighted by its share of
-    the softmax mass (lse [B, H, splits]; an empty part's -inf weighs 0): [B, 1, H * D]."""
-    w = torch.softmax(lse, dim=-1)
-    o = (parts * w[..., None]).sum(2)
-    return o.to(dtype).view(parts.shape[0], 1, -1)
-
-
-def merge_out_mlp(x: torch.Tensor, parts: torch.Tensor, lse: torch.Tensor, wo: torch.Tensor,
-                  norm: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, eps: float,
-                  reduce: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
-    """attn_out_mlp after the decode kernel's parts are merged: compiled, the merge fuses into
-    the output projection's kernel."""
-    return attn_out_mlp(x, merge(parts, lse, x.dtype), wo, norm, w13, w2, eps, reduce)
-
-
 def head(x: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float) -> torch.Tensor:
     return F.linear(rms_norm(x, norm, eps), lm_head).float()
 
@@ -193,7 +177,6 @@ class Pieces:
     """The pure pieces of a step: eager here, compiled by graphs.py for compile=full."""
     attn_in: Callable[..., tuple[torch.Tensor, ...]] = attn_in
     attn_out_mlp: Callable[..., torch.Tensor] = attn_out_mlp
-    merge_out_mlp: Callable[..., torch.Tensor] = merge_out_mlp
     head: Callable[..., torch.Tensor] = head
 
 
@@ -228,10 +211,10 @@ class NativeLlama:
         self.sin = (emb.sin() * rotary.attention_scaling).to(self.dtype)
         # decode attention: attention.py's Triton kernel over the cache in place on CUDA (it
         # tiles head_dim in powers of two); SDPA over a span of the cache elsewhere
-        self.decode_parts = None
+        self.decode_attention = None
         if self.device.type == "cuda" and head_dim & (head_dim - 1) == 0:
-            from .attention import decode_parts
-            self.decode_parts = decode_parts
+            from .attention import decode_attention
+            self.decode_attention = decode_attention
 
     def weight_bytes(self) -> int:
         """Bytes one decode step reads from the weights (this rank's), embedding row aside."""
@@ -275,15 +258,15 @@ class NativeLlama:
         pos = lens[:, None]
         at = cache.targets(torch.arange(b, device=ids.device), lens)   # once for all layers
         x = F.embedding(ids, self.embed)
-        if self.decode_parts is not None:
+        if self.decode_attention is not None:
             table, page = cache.blocks()
             for i, lay in enumerate(self.layers):
                 q = fns.attn_in(x, lay.attn_norm, lay.wqkv, self.cos, self.sin, pos, s,
                                 cache.k[i], cache.v[i], at)[0]
-                parts, lse = self.decode_parts(q.reshape(b, s.heads, s.head_dim), cache.k[i],
-                                               cache.v[i], lens, table, page)
-                x = fns.merge_out_mlp(x, parts, lse, lay.wo, lay.mlp_norm, lay.w13, lay.w2,
-                                      s.eps, self.all_reduce)
+                o = self.decode_attention(q.reshape(b, s.heads, s.head_dim), cache.k[i],
+                                          cache.v[i], lens, table, page)
+                x = fns.attn_out_mlp(x, o, lay.wo, lay.mlp_norm, lay.w13, lay.w2, s.eps,
+                                     self.all_reduce)
         else:
             group = s.heads // s.kv_heads
             mask = (torch.arange(span, device=ids.device)[None, :] <= lens[:, None])[:, None, None]

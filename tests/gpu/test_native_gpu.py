@@ -75,8 +75,7 @@ def test_native_equals_hf_on_cuda_fp32(tiny):
 def test_decode_kernel_matches_sdpa_static_and_paged(heads, kv_heads, dim, dtype):
     """The in-place decode kernel against SDPA over each row's own slots, on random data; the
     paged pool (pages shuffled) gives the static result."""
-    from llmtop.engine.native.attention import decode_parts
-    from llmtop.engine.native.model import merge
+    from llmtop.engine.native.attention import decode_attention
 
     torch.manual_seed(heads)
     batch, slots, page = 3, 1040, 16
@@ -91,7 +90,7 @@ def test_decode_kernel_matches_sdpa_static_and_paged(heads, kv_heads, dim, dtype
         ref.append(F.scaled_dot_product_attention(q[r, :, None].float(), kr.float(), vr.float()))
     ref = torch.stack(ref).reshape(batch, 1, -1)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    static = merge(*decode_parts(q, k, v, lens, None, 1), torch.float32)
+    static = decode_attention(q, k, v, lens, None, 1).float()
     assert ((static - ref).norm() / ref.norm()).item() < tol
     per_row = slots // page
     table = (torch.randperm(batch * per_row, device="cuda") + 1).view(batch, per_row)
@@ -99,5 +98,5 @@ def test_decode_kernel_matches_sdpa_static_and_paged(heads, kv_heads, dim, dtype
     vp = torch.empty_like(kp)
     kp[table] = k.view(batch, per_row, page, kv_heads, dim)
     vp[table] = v.view(batch, per_row, page, kv_heads, dim)
-    paged = merge(*decode_parts(q, kp, vp, lens, table, page), torch.float32)
+    paged = decode_attention(q, kp, vp, lens, table, page).float()
     assert torch.equal(paged, static)
