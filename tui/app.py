@@ -92,7 +92,9 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True,
                 tooltip="quit (as q): closes the engine"),
         Binding("question_mark,f1", "help", "Help", tooltip="this help"),
-        Binding("slash", "focus_prompt", "Prompt", tooltip="type a prompt: Enter runs it, Esc leaves the field"),
+        # priority: acted on when the App reads the key, so the keys behind it go to the field
+        Binding("slash", "focus_prompt", "Prompt", priority=True,
+                tooltip="type a prompt: Enter runs it, Esc leaves the field"),
         Binding("space", "toggle_pause", "Pause", tooltip="pause / resume the run loop (the current run finishes)"),
         Binding("s", "stop_run", "Stop", tooltip="stop the current run now and pause"),
         Binding("x", "cancel_change", "Cancel change", tooltip="cancel the options chosen for the next run (back to what runs)"),
@@ -363,6 +365,8 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
         other key is the field's (issue 14.2)."""
         if isinstance(self.focused, Input) and action not in TYPING_SAFE:
             return False
+        if action == "focus_prompt" and self.screen is not self.screen_stack[0]:
+            return False   # a priority key: not under the palette, help or a question
         if action in ("restart_engine", "reconnect"):   # one ctrl+r, named for what it does
             return (action == "reconnect") == (self.attached is not None)
         return True
@@ -376,8 +380,13 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
         self.exit()
 
     def action_focus_prompt(self) -> None:
+        """The prompt field has the focus before the next key is read: keys typed right after
+        / (queued behind it when the UI lags) are the field's, never the dashboard's (a space
+        paused the loop, an s stopped it: the traced soak). Not Widget.focus or
+        call_after_refresh: both queue the focus behind those keys."""
         self.action_show_tab("run")
-        self.call_after_refresh(self.screen_stack[0].query_one("#set-prompt", Input).focus)
+        screen = self.screen_stack[0]
+        screen.set_focus(screen.query_one("#set-prompt", Input))
 
     def action_leave_input(self) -> None:
         if isinstance(self.focused, Input):
