@@ -49,9 +49,20 @@ def palette(name: str, command: str) -> None:
     keys(name, "Enter")
 
 
+def typing(name: str, timeout: float = 10) -> bool:
+    """Waits until a field has the focus (the footer then says so), as a person looks before
+    typing: keys sent on a timer into a lagging UI race its own bindings (End, ctrl+u)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if "next field" in tmux("capture-pane", "-p", "-t", name):
+            return True
+        time.sleep(0.3)
+    return False
+
+
 def prompt(name: str, text: str) -> None:
     keys(name, "/")
-    time.sleep(0.5)
+    typing(name)
     keys(name, "End", "C-u")
     keys(name, text, literal=True)
     keys(name, "Enter")
@@ -59,8 +70,9 @@ def prompt(name: str, text: str) -> None:
 
 def batch(name: str, n: int) -> None:
     keys(name, "/")
-    time.sleep(1.5)            # a loaded UI moves the focus after its next refresh
+    typing(name)
     keys(name, "Tab")          # the batch field follows the prompt field
+    time.sleep(0.5)
     keys(name, "End", "C-u")
     keys(name, str(n), literal=True)
     keys(name, "Enter")
