@@ -3,6 +3,7 @@
 # .wt/peers): installs the carried wheels and llmtop into /tmp/s, runs the GPU tests, then
 # benchmarks/native_decode.py with the arguments given (default: the whole table).
 #   [GPU_TESTS=0] [BENCH_TIMEOUT=s] benchmarks/native_h200_call.sh [native_decode.py args...]
+#   BENCH=native_mlp_split.py GPU_TESTS=0 benchmarks/native_h200_call.sh   (another script)
 set -uo pipefail
 R=$PWD
 rm -rf /tmp/s /tmp/w
@@ -13,4 +14,8 @@ mkdir /tmp/w && cp -r tests benchmarks /tmp/w && cd /tmp/w
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, '| triton', triton.__version__, '| transformers', transformers.__version__)"
 [ "${GPU_TESTS:-1}" = 0 ] || timeout 150 python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/gpu/test_native_gpu.py 2>&1 | tail -3
-timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/native_decode.py --gptfast "$R/.wt/peers/gpt-fast" "$@"
+if [ "${BENCH:-native_decode.py}" = native_decode.py ]; then
+    timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/native_decode.py --gptfast "$R/.wt/peers/gpt-fast" "$@"
+else
+    timeout "${BENCH_TIMEOUT:-420}" python3 "benchmarks/$BENCH" "$@"
+fi
