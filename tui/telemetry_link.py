@@ -45,7 +45,11 @@ class TelemetryLink:
             if counter[0] % 20 == 0:
                 self._numa_now(self.engine_pid)
 
-        sampler = Sampler(backend, hz=self.telemetry_hz, pid=self.engine_pid, on_tick=on_tick)
+        # the sampler's own history sized to the panels' (its default, 6000 polls, is for
+        # scripts that read samples back: here it grew for 25 minutes at 4 Hz, ~0.5 KB a poll
+        # on a CPU, more per GPU)
+        sampler = Sampler(backend, hz=self.telemetry_hz, pid=self.engine_pid, on_tick=on_tick,
+                          history=self.telemetry.HISTORY)
         if self._closing:
             return
         self._sampler = sampler

@@ -1,5 +1,5 @@
-"""Workarounds for two Textual defects: a cache that keeps every widget's rendered lines
-(issue 14.10), and a command palette that a double Enter closes twice (the app dies).
+"""Workarounds for three Textual defects: two caches that keep what they should not (issue
+14.10), and a command palette that a double Enter closes twice (the app dies).
 
 textual._styles_cache.StylesCache.get_inner_outer is an lru_cache(1024) on an instance method:
 its key holds the StylesCache, so the 1024 latest (widget, colours) pairs keep their widgets'
@@ -8,6 +8,14 @@ and help screen the dashboard opened stayed in memory that way, and every theme 
 an entry per widget: the UI grew by ~1 MB a minute in a 20-minute soak (benchmarks/tui_soak.py,
 benchmarks/tui_memory.py). The result depends only on the two colours, so the cache is keyed
 on them alone here.
+
+textual.strip.Strip.render_ansi is an lru_cache(16384) keyed on a Rich style, and every
+segment Textual renders carries a style of its own: its meta holds the segment's screen offset
+(for text selection). So the cache fills with one entry per style and position that ever was
+on screen, each keeping its Style, the pickled meta and a link id: the UI grew ~0.6 MB a
+minute for 20 minutes of a soak and more at larger sizes (the traced soak: Strip.render_ansi,
+rich/style.py and textual/style.py among the sites that grew most). The escape codes depend on
+the colours and attributes alone, so the cache is keyed on those here.
 """
 
 from __future__ import annotations
@@ -18,8 +26,10 @@ from typing import Any
 
 from textual._styles_cache import StylesCache
 from textual.await_complete import AwaitComplete
+from textual.cache import LRUCache
 from textual.command import CommandPalette
 from textual.color import Color
+from textual.strip import Strip
 from textual.style import Style
 
 
@@ -33,9 +43,26 @@ def keyed_on_colours(_self: StylesCache, base_background: Color, background: Col
     return _inner_outer(base_background, background)
 
 
+_render_ansi = Strip.__dict__["render_ansi"].__func__
+_render_ansi = getattr(_render_ansi, "__wrapped__", _render_ansi)   # Textual's, uncached
+_ANSI: LRUCache[tuple, str] = LRUCache(1024)
+
+
+def ansi_keyed_on_colours(cls: type, style: Any, color_system: Any) -> str:
+    """Strip.render_ansi cached on what the codes depend on (colours, attributes, colour
+    system), so no style is kept alive by the cache."""
+    key = (style._color, style._bgcolor, style._attributes & style._set_attributes, color_system)
+    ansi = _ANSI.get(key)
+    if ansi is None:
+        ansi = _ANSI[key] = _render_ansi(cls, style, color_system)
+    style._ansi = ansi
+    return ansi
+
+
 def apply() -> None:
-    """Installs the workaround (idempotent); the App calls it at import."""
+    """Installs the workarounds (idempotent); the App calls it at import."""
     StylesCache.get_inner_outer = keyed_on_colours
+    Strip.render_ansi = classmethod(ansi_keyed_on_colours)
 
 
 def _nothing() -> None:

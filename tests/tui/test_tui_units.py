@@ -608,3 +608,51 @@ def test_o_puts_the_cursor_in_the_first_axis_list():
         assert app.focused.highlighted is not None
 
     run_app(body)
+
+
+def test_rendered_styles_are_not_kept_by_the_escape_code_cache():
+    """Issue 14.10: every segment Textual renders has a style of its own (its meta holds the
+    screen offset), and Strip.render_ansi's lru_cache(16384) kept each one alive: the UI grew
+    for the first half hour of a session. Keyed on the colours (tui/textual_fixes.py), the
+    codes are the same and no style stays behind."""
+    import gc
+
+    from rich.color import ColorSystem
+    from rich.style import Style as RichStyle
+    from textual.strip import Strip
+
+    from llmtop.tui import app as _app  # noqa: F401  (installs the workarounds)
+
+    def live() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o) is RichStyle)
+
+    kinds = [dict(color="red", bold=True), dict(color="#102030", bgcolor="yellow", italic=True),
+             dict(underline=True, reverse=True), dict(bgcolor="blue", dim=True), dict()]
+    before = live()
+    for i in range(3000):
+        style = RichStyle(**kinds[i % len(kinds)], meta={"offset": (i % 160, i // 160)})
+        for system in (ColorSystem.TRUECOLOR, ColorSystem.EIGHT_BIT, ColorSystem.STANDARD):
+            plain = RichStyle(**kinds[i % len(kinds)])          # the same codes, no offset
+            assert Strip.render_ansi(style, system) == Strip.render_ansi(plain, system)
+            Strip.render_style(style, "x", system)
+        del style
+    assert live() - before <= 10
+
+
+def test_the_dashboards_sampler_keeps_only_what_its_panels_show():
+    """Issue 14.10: the sampler's own ring buffers defaulted to 6000 polls (25 minutes at the
+    dashboard's 4 Hz), which the dashboard never reads back; the UI grew with them for the
+    first 25 minutes of a session. Polled fast here, they must stop at the panels' history."""
+    async def main():
+        app = LlmtopApp(start_engine=False, telemetry=True, telemetry_hz=400)
+        async with app.run_test(size=(120, 40)) as pilot:
+            for _ in range(100):
+                await pilot.pause(0.1)
+                sampler = getattr(app, "_sampler", None)
+                if sampler is not None and sampler.cost().polls > 2 * app.telemetry.HISTORY:
+                    break
+            assert sampler is not None and sampler.cost().polls > 2 * app.telemetry.HISTORY
+            return len(sampler.host_history())
+
+    assert run_async(main()) <= LlmtopApp(start_engine=False).telemetry.HISTORY
