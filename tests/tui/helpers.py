@@ -6,6 +6,8 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable
 
+from llmtop.engine.protocol import Status, Stop
+
 
 def screen_text(app: Any) -> str:
     """What the terminal shows now, as plain text lines."""
@@ -25,3 +27,22 @@ async def wait_for(pilot: Any, condition: Callable[[], Any], timeout: float, wha
 
 def run_async(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)
+
+
+class Sent:
+    """An engine client that records what the dashboard sends."""
+
+    def __init__(self) -> None:
+        self.sent: list = []
+        self.pid = None
+
+    def send(self, command) -> None:
+        self.sent.append(command)
+        if isinstance(command, Stop) and getattr(self, "on_event", None):
+            self.on_event(Status("ready", "stopped"))   # as an engine answers a Stop
+
+    def close(self) -> None:
+        pass
+
+    def alive(self) -> bool:
+        return True

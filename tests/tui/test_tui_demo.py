@@ -13,31 +13,12 @@ from llmtop.tui.widgets import latency_plot as lp
 from llmtop.tui.widgets.metrics import LABELS, MetricsPanel, metric_rows
 
 from . import fixed_session as fx
-from .helpers import screen_text
+from .helpers import Sent, screen_text
 
 
 @pytest.fixture(autouse=True)
 def no_user_config(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-
-
-class Sent:
-    """An engine client that records what the dashboard sends."""
-
-    def __init__(self) -> None:
-        self.sent: list = []
-        self.pid = None
-
-    def send(self, command) -> None:
-        self.sent.append(command)
-        if isinstance(command, Stop) and getattr(self, "on_event", None):
-            self.on_event(Status("ready", "stopped"))   # as an engine answers a Stop
-
-    def close(self) -> None:
-        pass
-
-    def alive(self) -> bool:
-        return True
 
 
 def run_app(body, size=(160, 48), **kw):

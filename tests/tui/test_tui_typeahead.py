@@ -23,6 +23,7 @@ from llmtop.tui.app import LlmtopApp
 from llmtop.tui.screens.help import HelpScreen
 
 from . import fixed_session as fx
+from .helpers import Sent
 
 PROMPT = "What is the capital of France? ctbfsx"
 
@@ -30,21 +31,6 @@ PROMPT = "What is the capital of France? ctbfsx"
 @pytest.fixture(autouse=True)
 def no_user_config(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-
-
-class Sent:
-    def __init__(self) -> None:
-        self.sent: list = []
-        self.pid = None
-
-    def send(self, command) -> None:
-        self.sent.append(command)
-
-    def close(self) -> None:
-        pass
-
-    def alive(self) -> bool:
-        return True
 
 
 def burst(app, keys) -> None:
