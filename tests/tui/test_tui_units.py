@@ -656,3 +656,44 @@ def test_the_dashboards_sampler_keeps_only_what_its_panels_show():
             return len(sampler.host_history())
 
     assert run_async(main()) <= LlmtopApp(start_engine=False).telemetry.HISTORY
+
+
+@pytest.mark.parametrize("size", [(160, 48), (100, 30)])
+def test_a_long_configuration_label_is_shortened_not_the_guard_or_the_figures(size):
+    """Issue 14.7, seen in a person's session at 160x48: a three-axis label widened the
+    comparison's configuration column until the guard's verdict ran past the border
+    ("≈ equivalen"). The label gives way, with an ellipsis; every other cell stays whole."""
+    from llmtop.engine.protocol import Status
+    from llmtop.tui.widgets.comparison import ComparisonTable
+
+    async def body(app, pilot):
+        fx.feed(app)
+        long = fx.opts(attention="eager", kv="static", dtype="fp32", gemm="tunableop")
+        app.handle_event(ConfigApplied(fx.config(long), "loaded", 1.0))
+        app.handle_event(Status("ready", ""))
+        for ev in fx.run_events(4, "The largest continent is", fx.TEXT_1, fx.LAT_2,
+                                20_000_000_000, long):
+            app.handle_event(ev)
+        app.redraw_all()
+        await pilot.pause()
+        app.action_show_tab("run")
+        table = app.query_one(ComparisonTable)
+        table.scroll_visible(animate=False)
+        await pilot.pause()
+        lines = screen_text(app).splitlines()
+        lines = lines[next(i for i, ln in enumerate(lines) if "─ comparison ·" in ln):]
+        rows = list(app.session.rows.values())
+        assert any(len(r.label) > 40 for r in rows)
+        shortened = False
+        for row in rows:
+            state_, guard = app.session.guard(row)
+            tpot = analysis.num(row.tpot_ms, 2)
+            whole = [ln for ln in lines if f" {row.label} " in ln]
+            cut = [ln for ln in lines if "…" in ln and row.label[:20] in ln]
+            line = next(iter(whole or cut), None)
+            assert line is not None and f" {tpot} " in line, f"{row.label}: {tpot}\n" + "\n".join(lines)
+            assert guard in line and analysis.num(row.tokens_per_s, 1) in line, line
+            shortened |= row.label not in line and "…" in line
+        assert shortened or size[0] > 200, "\n".join(lines)
+
+    run_app(body, size=size)
