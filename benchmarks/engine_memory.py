@@ -12,6 +12,8 @@ bf16 sat at 1168 MB (first: 717 MB); with it 748 MB (the allocator kept the fp32
 --compile, same day: 718 MB first, 1383 MB at the end while a failed configuration's traceback
 kept its model (each failed flex+static compile=layers +280 MB), 861 MB once the runner clears
 those frames (fp32 step 1643 -> 1076 MB).
+Session 8, with the mmap threshold fixed (engine/heap.py): 725, fp32 1014, bf16 756, ... fp32
+1028, bf16 760 MB (before: 727, 1037, 792, ..., 1065, 836: each fp32 round trip kept ~45 MB).
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ def wait(client: EngineClient, pred) -> object:
             return ev
 
 
+def split(pid: int) -> str:
+    """Anonymous (heap) against file-backed (mapped libraries, the GGUF) resident memory:
+    a file's pages come and go with the page cache, the heap is the engine's own."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            kb = dict(line.split(":", 1) for line in f if line.startswith("Rss"))
+        return " ".join(f"{k[3:].lower()} {int(v.split()[0]) / 1e3:.0f}" for k, v in kb.items())
+    except OSError:    # not Linux
+        return ""
+
+
 def main() -> None:
     steps = COMPILE_STEPS if "--compile" in sys.argv[1:] else STEPS
     client = EngineClient()
@@ -63,8 +76,8 @@ def main() -> None:
             wait(client, lambda e: isinstance(e, RunDone))
             rss = proc.memory_info().rss / 1e6
             first = first or rss
-            print(f"{dtype:5} {label:28} engine RSS {rss:7.0f} MB  ({rss / first:.2f}x the first)",
-                  flush=True)
+            print(f"{dtype:5} {label:28} engine RSS {rss:7.0f} MB  ({rss / first:.2f}x the first)"
+                  f"  {split(proc.pid)}", flush=True)
     finally:
         client.close()
 

@@ -7,7 +7,6 @@ the record and the events are the runner's, the same for every backend.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import threading
 import time
@@ -22,7 +21,8 @@ from llmtop.engine.protocol import (STALLS, ConfigApplied, Configure, DeviceInfo
                                     Error, ErrorKind, Generate, GuardResult, ModelInfo, RunDone,
                                     RunStarted, Status, Token)
 
-from . import catalogue, ceilings, generate, guard, models, record, threads, tp, tp_placement, watch
+from . import (catalogue, ceilings, generate, guard, heap, models, record, threads, tp,
+               tp_placement, watch)
 from .backends import Backend, backend_class
 from .backends.hf import HfBackend
 from .step_profile import StepProfiler
@@ -58,6 +58,7 @@ class Engine:
         self.device = "cpu"        # this rank's own device (cuda:K of its placement)
         self._step: tuple[str, float | None] = ("", None)   # the long step now running
         watch.install(self.emit)
+        heap.fix_mmap_threshold()   # before the first model: each unload then comes back down
 
     def emit(self, event: Any) -> None:
         """Sends an event; a timed stall (compile, capture, ...) is also kept for the metrics."""
@@ -209,7 +210,7 @@ class Engine:
             self.backend.close()
             self.backend = None
         gc.collect()
-        _return_freed_memory()
+        heap.return_freed()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -375,12 +376,3 @@ def _drop_frames(e: BaseException) -> None:
         seen.add(id(e))
         traceback.clear_frames(e.__traceback__)
         e = e.__cause__ or e.__context__
-
-
-def _return_freed_memory() -> None:
-    """Gives the freed heap back to the OS (glibc keeps it otherwise): after an fp32 model
-    or a static cache is unloaded, the engine's resident memory would stay at its peak."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc (macOS, musl): nothing to trim
-        pass
