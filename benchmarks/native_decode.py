@@ -31,6 +31,7 @@ from llmtop.engine.backends.hf import HfBackend
 from llmtop.engine.backends.native import NativeBackend
 from llmtop.engine.catalogue import parse_opts
 from llmtop.engine.generate import Sampling
+from llmtop.engine.native.graphs import KERNELS
 from llmtop.engine.protocol import Generate
 
 GPTFAST = r"""
@@ -115,7 +116,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--long", type=int, default=2000, help="tokens of the flat-ITL run (0: none)")
     ap.add_argument("--mixed", type=int, default=32, help="batch of the mixed-length KV run")
-    ap.add_argument("--mode", default="max-autotune-no-cudagraphs")
+    ap.add_argument("--mode", default=KERNELS,
+                    help="compile=full's modes, comma-separated: kernels (fused.py) and/or an "
+                         "inductor mode (max-autotune-no-cudagraphs); rows of the later ones "
+                         "are labelled with it")
     ap.add_argument("--profile", action="store_true", help="kernel table of a 1x128 step")
     ap.add_argument("--hf-points", default="1x128,8x128",
                     help="points of backend=hf --preset max ('': none; each compiles ~1 min)")
@@ -128,15 +132,17 @@ def main() -> None:
                          lambda *a: None)
     batches = sorted({b for b, _ in points})
     rows = []
-    for kv in args.kv.split(","):
+    modes = args.mode.split(",")
+    for mode, kv in [(m, k) for m in modes for k in args.kv.split(",")]:
         events: list = []
         t0 = time.perf_counter()
         native = NativeBackend(loaded, {"kv": kv, "compile": "full", "attention": "sdpa"},
                                events.append, max_batch=max(batches), context=4096,
-                               graph_batches=batches, compile_mode=args.mode or None)
+                               graph_batches=batches, compile_mode=mode)
         built = "; ".join(f"{e.kind}: {e.detail} {getattr(e, 'duration_ms', None) or ''}"
                           for e in events)
-        print(f"# kv={kv}: built in {time.perf_counter() - t0:.1f} s ({built})", flush=True)
+        label = kv if mode == modes[0] else f"{kv} {mode}"
+        print(f"# kv={label}: built in {time.perf_counter() - t0:.1f} s ({built})", flush=True)
         weights = native.model.weight_bytes()
         token_bytes = native.cache.token_bytes
         for batch, prompt in points:
@@ -145,16 +151,16 @@ def main() -> None:
             kv_read = batch * (prompt + args.tokens / 2) * token_bytes
             floor = (weights + kv_read) / bw / 1e6
             tpot = statistics.fmean(g)
-            rows.append(dict(kv=kv, batch=batch, prompt=prompt, tpot=tpot, p50=p(g, .5),
+            rows.append(dict(kv=label, batch=batch, prompt=prompt, tpot=tpot, p50=p(g, .5),
                              p99=p(g, .99), floor=floor))
-            print(f"  kv={kv} bs={batch} prompt={prompt}: TPOT {tpot:.3f} ms, floor "
+            print(f"  kv={label} bs={batch} prompt={prompt}: TPOT {tpot:.3f} ms, floor "
                   f"{floor:.3f} ms ({tpot / floor:.2f}x)", flush=True)
-        if args.long and kv == "static":
+        if args.long and kv == "static" and mode == modes[0]:
             g = gaps_ms(timed_run(native, loaded, 1, 128, args.long))
             print(f"# long run, kv={kv}, 1x128 + {args.long} tokens: p50 {p(g, .5):.3f} ms, "
                   f"p99 {p(g, .99):.3f} ms, p99/p50 {p(g, .99) / p(g, .5):.2f}, max "
                   f"{max(g):.3f} ms", flush=True)
-        if args.profile and kv == "static":
+        if args.profile and kv == "static" and mode == modes[0]:
             step_profile(native, loaded)
         native.close()
         del native

@@ -13,7 +13,7 @@ export PYTHONPATH=/tmp/s PYTHONUNBUFFERED=1
 mkdir /tmp/w && cp -r tests benchmarks /tmp/w && cd /tmp/w
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, '| triton', triton.__version__, '| transformers', transformers.__version__)"
-[ "${GPU_TESTS:-1}" = 0 ] || timeout 150 python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/gpu/test_native_gpu.py 2>&1 | tail -3
+[ "${GPU_TESTS:-1}" = 0 ] || timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_native_gpu.py 2>&1 | tail -15
 if [ "${BENCH:-native_decode.py}" = native_decode.py ]; then
     timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/native_decode.py --gptfast "$R/.wt/peers/gpt-fast" "$@"
 else

@@ -22,7 +22,7 @@ from llmtop.engine.protocol import EngineEvent
 from ..generate import Inputs, Sampling, Step, select
 from ..guard import Trace
 from ..native import tp as native_tp
-from ..native.graphs import Decoder
+from ..native.graphs import KERNELS, Decoder
 from ..native.kv import PagedKV, StaticKV
 from ..native.model import NativeLlama, NativeUnsupported, check
 from .base import Backend, Emit
@@ -102,7 +102,7 @@ class NativeBackend(Backend):
                  max_batch: int = 8, context: int | None = ENGINE_CONTEXT,
                  page_size: int = PAGE_SIZE, pool_tokens: int | None = None, tp_rank: int = 0,
                  graph_batches: list[int] | None = None,
-                 compile_mode: str | None = "max-autotune-no-cudagraphs") -> None:
+                 compile_mode: str | None = KERNELS) -> None:
         """`tp` > loaded.tp (a whole model on each rank, tests and CPU): native slices the
         weights itself; otherwise the loaded model's DTensors already hold this rank's part.
         `context`: the KV positions each request may use (None: the model's whole context);

@@ -33,7 +33,7 @@ def _decode_parts(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, lse_ptr,
                   stride_qb, stride_qh, stride_kx, stride_ks, stride_tb, scale,
                   KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_P2: tl.constexpr,
                   HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
-                  SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+                  SPLITS: tl.constexpr, BLOCK: tl.constexpr, DOT: tl.constexpr):
     row = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
@@ -46,7 +46,9 @@ def _decode_parts(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, lse_ptr,
     heads = kv_head * GROUP + g
     live = g < GROUP
     q = tl.load(q_ptr + row * stride_qb + heads[:, None] * stride_qh + d[None, :],
-                mask=live[:, None], other=0.0).to(tl.float32) * scale
+                mask=live[:, None], other=0.0)
+    if not DOT:
+        q = q.to(tl.float32) * scale
     m = tl.full([GROUP_P2], float("-inf"), tl.float32)
     total = tl.zeros([GROUP_P2], tl.float32)
     acc = tl.zeros([GROUP_P2, HEAD_DIM], tl.float32)
@@ -59,14 +61,20 @@ def _decode_parts(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, lse_ptr,
         else:
             base = row.to(tl.int64) * stride_kx + n * stride_ks
         at = base[:, None] + kv_head * HEAD_DIM + d[None, :]
-        k = tl.load(k_ptr + at, mask=inside[:, None], other=0.0).to(tl.float32)
-        s = tl.sum(q[:, None, :] * k[None, :, :], 2)                  # [GROUP_P2, BLOCK]
+        k = tl.load(k_ptr + at, mask=inside[:, None], other=0.0)
+        if DOT:
+            s = tl.dot(q, tl.trans(k)) * scale                        # [GROUP_P2, BLOCK]
+        else:
+            s = tl.sum(q[:, None, :] * k.to(tl.float32)[None, :, :], 2)
         s = tl.where(inside[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(s - m_new[:, None])
-        v = tl.load(v_ptr + at, mask=inside[:, None], other=0.0).to(tl.float32)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], 1)
+        v = tl.load(v_ptr + at, mask=inside[:, None], other=0.0)
+        if DOT:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        else:
+            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], 1)
         total = total * alpha + tl.sum(p, 1)
         m = m_new
     seen = total > 0                                 # an empty part (past the row's length)
@@ -91,35 +99,41 @@ def _merge_parts(parts_ptr, lse_ptr, o_ptr, SPLITS: tl.constexpr, HEAD_DIM: tl.c
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     lens: torch.Tensor, table: torch.Tensor | None, page: int) -> torch.Tensor:
+                     lens: torch.Tensor, table: torch.Tensor | None, page: int,
+                     splits: int = NSPLIT, block: int | None = None, warps: int = 4,
+                     stages: int = 1) -> torch.Tensor:
     """q [B, H, D] (one new token per row, rotated); the caches [rows or pages, slots, KV
     heads, D]; row b attends to its slots 0 .. lens[b]. Returns [B, 1, H * D] in q's dtype."""
-    parts, lse = decode_parts(q, k_cache, v_cache, lens, table, page)
+    parts, lse = decode_parts(q, k_cache, v_cache, lens, table, page, splits, block, warps,
+                              stages)
     b, heads, dim = q.shape
     out = torch.empty(b, 1, heads * dim, dtype=q.dtype, device=q.device)
-    _merge_parts[(b * heads,)](parts, lse, out, SPLITS=NSPLIT, HEAD_DIM=dim, num_warps=1)
+    _merge_parts[(b * heads,)](parts, lse, out, SPLITS=splits, HEAD_DIM=dim, num_warps=1)
     return out
 
 
 def decode_parts(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                 lens: torch.Tensor, table: torch.Tensor | None,
-                 page: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 lens: torch.Tensor, table: torch.Tensor | None, page: int,
+                 splits: int = NSPLIT, block: int | None = None, warps: int = 4,
+                 stages: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, H, D] (one new token per row, rotated); the caches [rows or pages, slots, KV
-    heads, D]; row b attends to its slots 0 .. lens[b]. Returns the parts [B, H, NSPLIT, D]
-    and their log-sum-exps [B, H, NSPLIT] (fp32), which decode_attention merges."""
+    heads, D]; row b attends to its slots 0 .. lens[b]. Returns the parts [B, H, splits, D]
+    and their log-sum-exps [B, H, splits] (fp32), which decode_attention merges."""
     q = q.contiguous()                      # the kernel steps over D with stride 1
     b, heads, dim = q.shape
     kv_heads = k_cache.shape[2]
     group = heads // kv_heads
-    parts = torch.empty(b, heads, NSPLIT, dim, dtype=torch.float32, device=q.device)
-    lse = torch.empty(b, heads, NSPLIT, dtype=torch.float32, device=q.device)
-    g2 = triton.next_power_of_2(group)
-    block = max(16, 64 // g2)
-    _decode_parts[(b, kv_heads, NSPLIT)](
+    parts = torch.empty(b, heads, splits, dim, dtype=torch.float32, device=q.device)
+    lse = torch.empty(b, heads, splits, dtype=torch.float32, device=q.device)
+    dot = q.dtype in (torch.bfloat16, torch.float16)
+    g2 = max(16, triton.next_power_of_2(group)) if dot else triton.next_power_of_2(group)
+    block = block or max(16, 64 // g2)
+    _decode_parts[(b, kv_heads, splits)](
         q, k_cache, v_cache, lens, table if table is not None else lens, parts, lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         table.stride(0) if table is not None else 0, 1.0 / math.sqrt(dim),
-        KV_HEADS=kv_heads, GROUP=group, GROUP_P2=g2, HEAD_DIM=dim,
-        PAGE=page, PAGED=table is not None, SPLITS=NSPLIT, BLOCK=block, num_warps=4)
+        KV_HEADS=kv_heads, GROUP=group, GROUP_P2=g2, HEAD_DIM=dim, PAGE=page,
+        PAGED=table is not None, SPLITS=splits, BLOCK=block, DOT=dot, num_warps=warps,
+        num_stages=stages)
     return parts, lse
 

@@ -8,11 +8,11 @@ per span of SPAN_STEP slots and each step replays the smallest span that covers 
 row. Batch sizes are captured at powers of two up to the cache's batch; a batch in between
 replays the next size up, its extra rows idle.
 
-With compile=full the step's pure pieces (model.Pieces: norm + q/k/v + rotary; o + MLP;
-the LM head) are compiled with fullgraph=True once per batch size: one compiled version
-serves all layers, and the attention kernel between them runs as it is inside the graph.
-max-autotune with coordinate descent picks Triton GEMV tilings (the issue's yardstick: 3.55 ms
-against cuBLAS's 4.06 ms for a 7B's weights).
+With compile=full on one CUDA device the step is fused.py's own kernels (nine a layer, each
+GEMV's tiling timed on this card at build time). Under tensor parallelism, or where the decode
+kernel does not apply, the step's pure pieces (model.Pieces: norm + q/k/v + rotary; o + MLP;
+the LM head) are compiled with fullgraph=True once per batch size instead (max-autotune with
+coordinate descent: Triton GEMVs), one compiled version serving all layers.
 
 Compiling and capturing happen in the constructor (configure time), each one EngineEvent with
 its duration; the graphs share one memory pool (they never run at once), largest first.
@@ -29,6 +29,8 @@ import torch
 from .model import EAGER, NativeUnsupported, Pieces, attn_in, attn_out_mlp, head
 
 SPAN_STEP = 256      # KV slots per captured span
+KERNELS = "kernels"  # compile=full's mode: fused.py's tuned kernels (else an inductor mode)
+INDUCTOR = "max-autotune-no-cudagraphs"   # the pieces' mode where those kernels do not apply
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,7 +55,7 @@ class Decoder:
 
     def __init__(self, model: Any, cache: Any, max_batch: int, capture: bool,
                  on_event: Callable[[str, str, int, float], None],
-                 mode: str | None = "max-autotune-no-cudagraphs",
+                 mode: str | None = KERNELS,
                  batches: list[int] | None = None) -> None:
         self.model, self.cache = model, cache
         self.fns = EAGER
@@ -64,15 +66,25 @@ class Decoder:
         self.batches = sorted(batches or graph_batches(max_batch))
         self.spans = [cache.context] if model.decode_attention is not None else \
             list(range(SPAN_STEP, cache.context, SPAN_STEP)) + [cache.context]
+        self.fused: Any = None     # fused.FusedDecode: this module's own kernels
         if capture:
             if torch.device(device).type != "cuda":
                 raise NativeUnsupported("compile=full captures the decode step in CUDA graphs, "
                                         "which need a CUDA device: use compile=off on the CPU")
-            self.fns = compiled(mode)
             start = time.perf_counter_ns()
-            self._compile_all()
-            on_event("compile", f"native decode pieces, fullgraph, mode {mode or 'default'}, batch "
-                     f"{self.batches}", start, (time.perf_counter_ns() - start) / 1e6)
+            if mode == KERNELS and model.all_reduce is None and model.decode_attention is not None:
+                from .fused import FusedDecode
+
+                self.fused = FusedDecode(model, cache)
+                plans = "; ".join(f"batch {b}: {self.fused.tune(b)}" for b in self.batches)
+                what = f"native decode kernels, tilings timed on this card: {plans}"
+            else:
+                inductor_mode = INDUCTOR if mode == KERNELS else mode
+                self.fns = compiled(inductor_mode)
+                self._compile_all()
+                what = (f"native decode pieces, fullgraph, mode {inductor_mode or 'default'}, "
+                        f"batch {self.batches}")
+            on_event("compile", what, start, (time.perf_counter_ns() - start) / 1e6)
             start = time.perf_counter_ns()
             self._capture_all()
             spans = "KV read in place" if len(self.spans) == 1 else \
@@ -81,6 +93,11 @@ class Decoder:
                      f"(batch {self.batches}, {spans})",
                      start, (time.perf_counter_ns() - start) / 1e6)
 
+    def _decode(self, batch: int, span: int) -> torch.Tensor:
+        if self.fused is not None:
+            return self.fused.step(self.ids[:batch], self.lens[:batch])
+        return self.model.decode(self.ids[:batch], self.lens[:batch], self.cache, span, self.fns)
+
     def _compile_all(self) -> None:
         """One call per batch size compiles the pieces (the span does not reach them)."""
         import torch._inductor.config as inductor
@@ -88,7 +105,7 @@ class Decoder:
         saved = self.lens.clone()
         with torch.inference_mode(), inductor.patch(coordinate_descent_tuning=True):
             for b in self.batches:
-                self.model.decode(self.ids[:b], self.lens[:b], self.cache, self.spans[0], self.fns)
+                self._decode(b, self.spans[0])
                 self.lens.copy_(saved)
         torch.cuda.synchronize()
 
@@ -101,12 +118,11 @@ class Decoder:
                 for span in reversed(self.spans):
                     stream.wait_stream(torch.cuda.current_stream())
                     with torch.cuda.stream(stream):  # warm-up: cuBLAS picks, allocator pools
-                        self.model.decode(self.ids[:b], self.lens[:b], self.cache, span, self.fns)
+                        self._decode(b, span)
                     torch.cuda.current_stream().wait_stream(stream)
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=pool):
-                        out = self.model.decode(self.ids[:b], self.lens[:b], self.cache, span,
-                                                self.fns)
+                        out = self._decode(b, span)
                     self.graphs[(b, span)] = (graph, out)
                     self.lens.copy_(saved)
         torch.cuda.synchronize()

@@ -1,5 +1,6 @@
-"""backend=native on a CUDA GPU: compile=full (compiled pieces in CUDA graphs) gives the eager
-path's greedy ids, never recompiles as a sequence grows, and paged equals static under graphs.
+"""backend=native on a CUDA GPU: compile=full (fused.py's tuned kernels, or the inductor-compiled
+pieces, in CUDA graphs) gives the eager path's greedy ids, never recompiles as a sequence grows,
+and paged equals static under graphs; the kernels against torch's ops in bf16.
 Skipped on a CPU; run on the device machine."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from llmtop.engine import generate, models
 from llmtop.engine import spec as specs
 from llmtop.engine.backends.native import NativeBackend
 from llmtop.engine.generate import Sampling
+from llmtop.engine.native.graphs import KERNELS
 from llmtop.engine.protocol import EngineEvent, Generate
 
 pytestmark = pytest.mark.gpu
@@ -31,18 +33,22 @@ def ids(backend: NativeBackend, inp: generate.Inputs, n: int) -> list[list[int]]
     return [s.ids for s in backend.generate_steps(inp, n, Sampling(), set(), True, lambda: False)]
 
 
-def build(loaded: models.Loaded, events: list, **opts: str) -> NativeBackend:
+def build(loaded: models.Loaded, events: list, mode: str | None = None,
+          **opts: str) -> NativeBackend:
+    """mode None: inductor's default mode (the quickest compile) unless the test asks for one."""
     return NativeBackend(loaded, {"kv": "static", "compile": "off", "attention": "sdpa", **opts},
-                         events.append, max_batch=4, context=1024, compile_mode=None)
+                         events.append, max_batch=4, context=1024, compile_mode=mode)
 
 
-def test_compile_full_equals_eager_and_never_recompiles(tiny):
+@pytest.mark.parametrize("mode", [None, KERNELS])
+def test_compile_full_equals_eager_and_never_recompiles(tiny, mode):
     from torch._dynamo.utils import counters
 
     events: list = []
-    graphed = build(tiny, events, compile="full")
+    graphed = build(tiny, events, mode, compile="full")
     kinds = [e.kind for e in events if isinstance(e, EngineEvent)]
     assert kinds == ["compile", "capture"]
+    assert ("tilings timed on this card" in events[0].detail) == (mode == KERNELS)
     eager = build(tiny, [])
     frames = dict(counters["stats"])
     for plen, batch in ((16, 1), (300, 3), (700, 2)):   # spans 256 .. 1024, a padded batch
@@ -51,9 +57,10 @@ def test_compile_full_equals_eager_and_never_recompiles(tiny):
     assert dict(counters["stats"]) == frames   # no frame compiled after construction
 
 
-def test_paged_equals_static_under_graphs(tiny):
-    static = build(tiny, [], compile="full")
-    paged = build(tiny, [], compile="full", kv="paged")
+@pytest.mark.parametrize("mode", [None, KERNELS])
+def test_paged_equals_static_under_graphs(tiny, mode):
+    static = build(tiny, [], mode, compile="full")
+    paged = build(tiny, [], mode, compile="full", kv="paged")
     inp = inputs(tiny, 250, 2)   # crosses a span and many pages while it decodes
     assert ids(paged, inp, 40) == ids(static, inp, 40)
     assert paged.run_info()["kv_reserved_bytes"] < static.run_info()["kv_reserved_bytes"]
@@ -66,8 +73,36 @@ def test_native_equals_hf_on_cuda_fp32(tiny):
     hf = [s.ids for s in generate.run(tiny.model, inp, 32, Sampling(),
                                       DynamicCache(config=tiny.model.config), set(), True,
                                       lambda: False)]
-    assert ids(build(tiny, [], compile="full"), inp, 32) == hf
+    assert ids(build(tiny, [], KERNELS, compile="full"), inp, 32) == hf
     torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_gemv_kernels_match_torch_ops_in_bf16(batch):
+    """Each fused GEMV against the torch ops it replaces (model.py), 7B-like widths."""
+    from llmtop.engine.native.gemv import Tiling, add_norm, gemv
+    from llmtop.engine.native.model import rms_norm
+
+    torch.manual_seed(batch)
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    n, k, eps = 1000, 4096, 1e-5
+    x, res = torch.randn(batch, k, **bf), torch.randn(batch, n, **bf)
+    w = torch.randn(2 * n, k, **bf) * 0.02
+    norm = torch.rand(n, **bf) + 0.5
+
+    def close(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item() < 1e-2
+
+    for t in (Tiling(32, 128, 4, 4), Tiling(64, 256, 4, 3, splits=4)):
+        assert close(gemv(x, w[:n], t), F.linear(x, w[:n]))
+        g, u = F.linear(x, w).chunk(2, -1)
+        assert close(gemv(x, w, t, swiglu=True), F.silu(g) * u)
+        parts = gemv(x, w[:n], t, partial=True)
+        assert parts.shape == (t.splits, batch, n) and parts.dtype == torch.float32
+        x_out, h = add_norm(parts, res, norm, eps)
+        assert close(x_out, res + F.linear(x, w[:n]))
+        assert close(h, rms_norm(res + F.linear(x, w[:n]), norm, eps))
+        assert close(gemv(x, w[:n], t, out_dtype=torch.float32), F.linear(x, w[:n]).float())
 
 
 @pytest.mark.parametrize("heads,kv_heads,dim,dtype", [(32, 32, 128, torch.bfloat16),

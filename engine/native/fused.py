@@ -1,0 +1,149 @@
+"""The decode step of compile=full on one CUDA device: nine kernels a layer, each tuned on this
+card when the step is built, captured by graphs.py.
+
+A layer: q/k/v GEMV; rotary + the K/V store (`_rope_store`); the decode attention kernel and
+its merge (attention.py); the o GEMV as split-K partial sums; their sum + the residual + the
+MLP's RMSNorm (gemv.add_norm); gate/up GEMV with the SwiGLU as its epilogue; the down GEMV as
+partial sums, added up with the residual by the next layer's norm. The inductor-compiled step
+(graphs.compiled) had ~10.3 kernels a layer with the down projection's tiling left to one
+noisy measurement; the measured choice here is the median of five timings over the model's
+own 32 layers of weights, and the choice is in the compile event's text.
+
+Tensor parallelism keeps the compiled step: its all-reduce sits between a GEMV and the residual
+add, where these kernels add split-K parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .attention import decode_attention
+from .gemv import SPLITS, TILINGS, Tiling, add_norm, fastest, gemv
+from .model import NativeLlama
+
+ATTENTION = [(s, b) for s in (8, 16, 32, 64) for b in (32, 64)]   # (splits, block)
+TUNE_LENGTH = 2048   # the KV length attention is timed at (the cache's context if shorter)
+
+
+@triton.jit
+def _rope_store(qkv_ptr, cos_ptr, sin_ptr, lens_ptr, at0_ptr, at1_ptr, q_ptr, k_ptr, v_ptr,
+                stride_qkv, stride_kx, stride_ks, HEADS, KV_HEADS, HALF: tl.constexpr):
+    """Program (row, head) of the fused q/k/v output: a q head rotated into q, a k head rotated
+    into the cache at (at0[row], at1[row]), a v head copied there; rotate-half layout."""
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    d = tl.arange(0, HALF)
+    src = qkv_ptr + row * stride_qkv + head * 2 * HALF
+    x1 = tl.load(src + d)
+    x2 = tl.load(src + HALF + d)
+    dtype = x1.dtype
+    slot = tl.load(at0_ptr + row).to(tl.int64) * stride_kx + tl.load(at1_ptr + row) * stride_ks
+    if head < HEADS + KV_HEADS:
+        pos = tl.load(lens_ptr + row) * 2 * HALF
+        c1 = tl.load(cos_ptr + pos + d).to(tl.float32)
+        c2 = tl.load(cos_ptr + pos + HALF + d).to(tl.float32)
+        s1 = tl.load(sin_ptr + pos + d).to(tl.float32)
+        s2 = tl.load(sin_ptr + pos + HALF + d).to(tl.float32)
+        f1, f2 = x1.to(tl.float32), x2.to(tl.float32)
+        y1 = (f1 * c1 - f2 * s1).to(dtype)
+        y2 = (f2 * c2 + f1 * s2).to(dtype)
+        if head < HEADS:
+            dst = q_ptr + (row * HEADS + head) * 2 * HALF
+        else:
+            dst = k_ptr + slot + (head - HEADS) * 2 * HALF
+        tl.store(dst + d, y1)
+        tl.store(dst + HALF + d, y2)
+    else:
+        dst = v_ptr + slot + (head - HEADS - KV_HEADS) * 2 * HALF
+        tl.store(dst + d, x1)
+        tl.store(dst + HALF + d, x2)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The tilings one batch size runs with."""
+    qkv: Tiling
+    o: Tiling
+    gate_up: Tiling
+    down: Tiling
+    head: Tiling
+    attention: tuple[int, int]     # (splits, block)
+
+    def __str__(self) -> str:
+        return (f"qkv {self.qkv}, o {self.o}, gate/up {self.gate_up}, down {self.down}, "
+                f"head {self.head}, attention {self.attention[0]} splits x {self.attention[1]}")
+
+
+class FusedDecode:
+    """`step(ids, lens)` = NativeLlama.decode over this module's kernels (tune first)."""
+
+    def __init__(self, model: NativeLlama, cache: Any) -> None:
+        self.model, self.cache = model, cache
+        self.plans: dict[int, Plan] = {}
+
+    def tune(self, batch: int) -> Plan:
+        """Times each candidate over the model's layers at this batch size; keeps the fastest."""
+        m, s = self.model, self.model.shape
+        layers = m.layers
+        n = len(layers)
+        dev, dt = m.device, m.dtype
+        x = torch.randn(batch, s.hidden, dtype=dt, device=dev)
+        o_in = torch.randn(batch, s.heads * s.head_dim, dtype=dt, device=dev)
+        mlp_in = torch.randn(batch, layers[0].w2.shape[1], dtype=dt, device=dev)
+        split = [Tiling(t.block_n, t.block_k, t.warps, t.stages, k) for t in TILINGS
+                 for k in SPLITS]
+        qkv = fastest(lambda t: lambda i: gemv(x, layers[i].wqkv, t), n, TILINGS)[0]
+        o = fastest(lambda t: lambda i: gemv(o_in, layers[i].wo, t, partial=True), n, split)[0]
+        gate_up = fastest(lambda t: lambda i: gemv(x, layers[i].w13, t, swiglu=True), n,
+                          TILINGS)[0]
+        down = fastest(lambda t: lambda i: gemv(mlp_in, layers[i].w2, t, partial=True), n,
+                       split)[0]
+        head = fastest(lambda t: lambda i: gemv(x, m.lm_head, t, out_dtype=torch.float32), 1,
+                       TILINGS)[0]
+        q = torch.randn(batch, s.heads, s.head_dim, dtype=dt, device=dev)
+        length = min(TUNE_LENGTH, self.cache.context)
+        lens = torch.full((batch,), length - 1, device=dev)
+        table, page = self.cache.blocks()
+        if table is not None:     # distinct pages for every row, for the timing only
+            saved = table.clone()
+            per_row = triton.cdiv(length, page)
+            pages = torch.arange(batch * per_row, device=dev) % (self.cache.n_pages - 1) + 1
+            table[:batch, :per_row] = pages.view(batch, per_row)
+        attention = fastest(lambda a: lambda i: decode_attention(
+            q, self.cache.k[i], self.cache.v[i], lens, table, page, *a), n, ATTENTION)[0]
+        if table is not None:
+            table.copy_(saved)
+        plan = Plan(qkv, o, gate_up, down, head, attention)
+        self.plans[batch] = plan
+        return plan
+
+    def step(self, ids: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """One token per row: ids [B, 1] at slot lens[b] of row b; logits [B, V]; lens += 1."""
+        m, s, cache = self.model, self.model.shape, self.cache
+        b = ids.shape[0]
+        plan = self.plans[b]
+        at0, at1 = cache.targets(torch.arange(b, device=ids.device), lens)
+        table, page = cache.blocks()
+        x, h = add_norm(None, F.embedding(ids[:, 0], m.embed), m.layers[0].attn_norm, s.eps)
+        for i, lay in enumerate(m.layers):
+            qkv = gemv(h, lay.wqkv, plan.qkv)
+            q = torch.empty(b, s.heads, s.head_dim, dtype=m.dtype, device=ids.device)
+            k, v = cache.k[i], cache.v[i]
+            _rope_store[(b, s.heads + 2 * s.kv_heads)](
+                qkv, m.cos, m.sin, lens, at0, at1, q, k, v, qkv.stride(0), k.stride(0),
+                k.stride(1), s.heads, s.kv_heads, HALF=s.head_dim // 2, num_warps=1)
+            o = decode_attention(q, k, v, lens, table, page, *plan.attention)
+            parts = gemv(o.view(b, -1), lay.wo, plan.o, partial=True)
+            x, h = add_norm(parts, x, lay.mlp_norm, s.eps)
+            parts = gemv(gemv(h, lay.w13, plan.gate_up, swiglu=True), lay.w2, plan.down,
+                         partial=True)
+            after = m.layers[i + 1].attn_norm if i + 1 < len(m.layers) else m.norm
+            x, h = add_norm(parts, x, after, s.eps)
+        lens.add_(1)
+        return gemv(h, m.lm_head, plan.head, out_dtype=torch.float32)
