@@ -99,11 +99,13 @@ class FusedDecode:
         split = [Tiling(t.block_n, t.block_k, t.warps, t.stages, k) for t in TILINGS
                  for k in SPLITS]
         qkv = fastest(lambda t: lambda i: gemv(x, layers[i].wqkv, t), n, TILINGS)[0]
-        o = fastest(lambda t: lambda i: gemv(o_in, layers[i].wo, t, partial=True), n, split)[0]
+        # o and down with the add_norm that sums their parts: more parts, more to add
+        o = fastest(lambda t: lambda i: add_norm(gemv(o_in, layers[i].wo, t, partial=True), x,
+                                                 layers[i].mlp_norm, s.eps), n, split)[0]
         gate_up = fastest(lambda t: lambda i: gemv(x, layers[i].w13, t, swiglu=True), n,
                           TILINGS)[0]
-        down = fastest(lambda t: lambda i: gemv(mlp_in, layers[i].w2, t, partial=True), n,
-                       split)[0]
+        down = fastest(lambda t: lambda i: add_norm(gemv(mlp_in, layers[i].w2, t, partial=True),
+                                                    x, layers[i].attn_norm, s.eps), n, split)[0]
         head = fastest(lambda t: lambda i: gemv(x, m.lm_head, t, out_dtype=torch.float32), 1,
                        TILINGS)[0]
         q = torch.randn(batch, s.heads, s.head_dim, dtype=dt, device=dev)
