@@ -1,8 +1,10 @@
 """backend=native: llmtop's own Llama forward (engine/native/) behind the Backend interface.
 
 Built once per configuration: the constructor fuses the weights, preallocates the KV cache
-(kv=static or kv=paged) and, for compile=full, captures the decode step in CUDA graphs, each
-capture an EngineEvent with its duration. A run then only prefills (eagerly, one request at a
+(kv=static or kv=paged) and, for compile=full, builds the decode step (llmtop's kernels, their
+tilings timed on the card, on one CUDA device; inductor-compiled pieces under tensor
+parallelism) and captures it in CUDA graphs, build and capture each an EngineEvent with its
+duration. A run then only prefills (eagerly, one request at a
 time, with the pinned attention) and replays; the token read that stamps a step is its only
 host sync.
 """
