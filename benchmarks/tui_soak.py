@@ -112,6 +112,14 @@ def script(name: str, failing: list[str]) -> tuple[list, list]:
     return once, cycled
 
 
+def header_dtype(name: str) -> str | None:
+    """The dtype the header shows: an fp32 model is twice the bf16 one, so the engine's size
+    is compared between samples of one dtype (the soak's last sample once fell in an fp32
+    window: 1107 MB against 850 a minute before, back to 847 after)."""
+    words = tmux("capture-pane", "-p", "-t", name).split("\n", 1)[0].split()
+    return next((w for w in words if w in ("bf16", "fp16", "fp32")), None)
+
+
 def rss_mb(proc: psutil.Process | None) -> float | None:
     try:
         return proc.memory_info().rss / 2**20 if proc is not None else None
@@ -199,7 +207,8 @@ def main() -> int:
             now = time.monotonic()
             if now >= next_sample:
                 samples.append({"minute": round((now - t0) / 60, 1), "ui_mb": rss_mb(ui),
-                                "engine_mb": engine_rss(ui), "runs": _runs(record)})
+                                "engine_mb": engine_rss(ui), "runs": _runs(record),
+                                "dtype": header_dtype(name)})
                 print(json.dumps(samples[-1]), flush=True)
                 if samples[-1]["ui_mb"] is None and len(samples) > 1:
                     final = tmux("capture-pane", "-p", "-t", name)
@@ -222,7 +231,8 @@ def main() -> int:
             ui.send_signal(signal.SIGUSR2)
             time.sleep(10)
         samples.append({"minute": round((time.monotonic() - t0) / 60, 1), "ui_mb": rss_mb(ui),
-                        "engine_mb": engine_rss(ui), "runs": _runs(record)})
+                        "engine_mb": engine_rss(ui), "runs": _runs(record),
+                        "dtype": header_dtype(name)})
         time.sleep(30)
         runs_after = _runs(record)
     finally:
@@ -262,17 +272,24 @@ def _errors(record: Path) -> list[str]:
 
 
 def summary(samples: list[dict], final: str, runs_after: int, record: Path) -> None:
-    print("\nminute   UI RSS MB   engine RSS MB   runs")
+    print("\nminute   UI RSS MB   engine RSS MB   runs   dtype")
     for s in samples:
         ui = "n/a" if s["ui_mb"] is None else f"{s['ui_mb']:.1f}"
         en = "n/a" if s["engine_mb"] is None else f"{s['engine_mb']:.1f}"
-        print(f"{s['minute']:6.1f}   {ui:>9}   {en:>13}   {s['runs']:4d}")
+        print(f"{s['minute']:6.1f}   {ui:>9}   {en:>13}   {s['runs']:4d}   {s.get('dtype') or '?'}")
     base = next((s for s in samples if s["minute"] >= 2), None)
     last = samples[-1]
-    for key, what in (("ui_mb", "UI"), ("engine_mb", "engine")):
-        if base and base[key] and last[key]:
-            print(f"{what}: {base[key]:.1f} MB at minute {base['minute']:.0f} -> {last[key]:.1f} MB "
-                  f"at {last['minute']:.0f} ({100 * (last[key] / base[key] - 1):+.1f}%)")
+    same = [s for s in samples if base and s.get("dtype") == base.get("dtype")]
+    for key, what, end in (("ui_mb", "UI", last), ("engine_mb", "engine", same[-1] if same else last)):
+        if base and base[key] and end[key]:
+            print(f"{what}: {base[key]:.1f} MB at minute {base['minute']:.0f} -> {end[key]:.1f} MB "
+                  f"at {end['minute']:.0f} ({100 * (end[key] / base[key] - 1):+.1f}%)"
+                  + (f", samples in {base.get('dtype')} (as at minute {base['minute']:.0f})"
+                     if key == "engine_mb" else ""))
+    if base and same:
+        top = max((s for s in same if s["minute"] >= base["minute"]), key=lambda s: s["engine_mb"] or 0)
+        print(f"engine's largest {base.get('dtype')} sample from minute {base['minute']:.0f}: "
+              f"{top['engine_mb']:.1f} MB at {top['minute']:.0f}")
     print(f"runs finished: {last['runs']}; 30 s after the last sample: {runs_after} "
           f"({'still generating' if runs_after > last['runs'] else 'NOT generating'})")
     errors = _errors(record)
