@@ -16,6 +16,8 @@ def palette_commands(app: Any) -> Iterable[SystemCommand]:
             ok, reason = model.option_state(axis, name)
             help_text = ("apply from the next run" + (f" ({reason})" if reason else "")
                          if ok else f"unavailable: {reason}")
+            if model.waiting_for_device():
+                help_text = "apply from the next run (checked once the engine reports the device)"
             yield SystemCommand(f"Optimization: {axis} = {name}", help_text,
                                 lambda a=axis, n=name: model.select_option(a, n))
     for preset, opts in catalogue.PRESETS.items():

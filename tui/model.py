@@ -86,6 +86,7 @@ class DashboardModel:
         self._before: Configure | None = None      # what ran before the in-flight Configure
         self.resend = False    # after a failure the engine holds the old config or none: resend
         self.attached: str | None = None   # an attached server's URL: nothing here restarts it
+        self.unchecked: dict[str, str] = {}   # options chosen before the engine said what runs
 
     # ---- what the widgets ask ---------------------------------------------------------------
 
@@ -102,6 +103,26 @@ class DashboardModel:
             return False, "waiting for the engine to report this device's options"
         info = dev.options.get(axis, {}).get(name, {})
         return bool(info.get("ok")), info.get("reason", "")
+
+    def waiting_for_device(self) -> bool:
+        """llmtop's engine has not yet reported the device's options (an attached server's
+        configuration is not chosen here)."""
+        return self.session.device is None and not self.attached
+
+    def _check_unchecked(self) -> None:
+        """The options chosen while waiting, against the device's table: one that cannot run
+        here goes back to what runs, with the reason, before any run uses it."""
+        for axis, name in self.unchecked.items():
+            ok, reason = self.option_state(axis, name)
+            if ok or self.desired.opts.get(axis) != name:
+                continue
+            back = (self.applied or self.start_config).opts.get(axis, catalogue.DEFAULTS[axis])
+            self.desired.opts[axis] = back
+            if axis == "dtype":
+                self.desired.dtype = back
+            self.port.notify(f"{axis}={name} cannot run here: {reason}", "warning", 6)
+            self.port.changed("config")
+        self.unchecked.clear()
 
     def fixed(self) -> str:
         """Why no option can be chosen, when none can (an attached server's configuration is
@@ -183,11 +204,18 @@ class DashboardModel:
 
     def select_option(self, axis: str, name: str) -> bool:
         """Choose an option for the next run; refused (with the reason shown) if unavailable.
-        Choosing a configuration that failed before is the user asking to try it again."""
-        ok, reason = self.option_state(axis, name)
-        if not ok:
-            self.port.notify(f"{axis}={name} cannot run here: {reason}", "warning", 6)
-            return False
+        Choosing a configuration that failed before is the user asking to try it again. Before
+        the engine has said what runs on this device (its first ~20 s on a CPU), the choice is
+        kept and checked when it does (`_check_unchecked`)."""
+        if self.waiting_for_device() and name in catalogue.AXES.get(axis, ()):
+            self.unchecked[axis] = name
+            self.port.notify(f"{axis}={name}: from the next run, once the engine has said what "
+                             "runs on this device", timeout=4)
+        else:
+            ok, reason = self.option_state(axis, name)
+            if not ok:
+                self.port.notify(f"{axis}={name} cannot run here: {reason}", "warning", 6)
+                return False
         self.desired.opts[axis] = name
         if axis == "dtype":
             self.desired.dtype = name
@@ -323,6 +351,11 @@ class DashboardModel:
                 self.port.changed("config")
                 if not self.config_needed():
                     return self.step()
+            if self.unchecked and self.waiting_for_device() and self.applied is None:
+                # the engine reports what runs here with its first configuration: the one
+                # asked for at start-up goes first, the choices made while waiting after
+                self._send(copy_config(self.start_config))
+                return
             if needs_fresh_engine(self.applied, self.desired):
                 self.port.notify("a new tensor-parallel group starts a new engine process", timeout=3)
                 self.port.fresh_engine()
@@ -419,6 +452,7 @@ class DashboardModel:
             self.port.changed("model")
         elif isinstance(ev, DeviceInfo):
             s.on_device(ev)
+            self._check_unchecked()
             self.port.changed("device")
         elif isinstance(ev, ConfigApplied):
             self._on_config(ev)

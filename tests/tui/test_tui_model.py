@@ -236,3 +236,26 @@ def test_run_metrics_are_computed_once_per_stamp(monkeypatch):
     run.stamps.append(3 * 10**8)
     run.metrics()
     assert len(calls) == 2
+
+
+def test_an_option_chosen_before_the_engine_reports_is_kept_then_checked():
+    """Before the engine's DeviceInfo (its first ~20 s) a choice is not refused as
+    "waiting": the start-up configuration goes first, the choice is checked against the
+    device's table when it arrives (in the engine's order: DeviceInfo, ConfigApplied, ready),
+    and sent if it runs here, dropped with the reason if not."""
+    model, port = make()
+    assert model.select_option("attention", "eager")      # kept: nothing known yet
+    assert model.select_option("gemm", "tunableop")       # unavailable on this CPU (fx.DEVICE)
+    assert not any(sev == "warning" for sev, _ in port.notes)
+    ready(model)
+    first = port.sent[-1]
+    assert isinstance(first, Configure) and first.opts == {**catalogue.DEFAULTS}
+    model.handle(fx.DEVICE)
+    applied(model, first)
+    ready(model)
+    second = port.sent[-1]
+    assert isinstance(second, Configure)
+    assert second.opts == {**catalogue.DEFAULTS, "attention": "eager"}
+    assert any(sev == "warning" and "gemm=tunableop cannot run here: TunableOp" in text
+               for sev, text in port.notes)
+    assert model.select_option("gemm", "tunableop") is False   # known now: refused at once
