@@ -251,12 +251,19 @@ class DashboardModel:
     def apply_preset(self, preset: str) -> list[str]:
         """A preset's options, those that can run here; returns the refused ones with why."""
         refused = []
+        waiting = self.waiting_for_device()
         for axis, name in catalogue.PRESETS[preset].items():
             ok, reason = self.option_state(axis, name)
-            if ok:
+            if waiting:        # checked when the engine reports the device, as select_option
+                self.unchecked[axis] = name
+                self.desired.opts[axis] = name
+            elif ok:
                 self.desired.opts[axis] = name
             else:
                 refused.append(f"{axis}={name} ({reason})")
+        if waiting:
+            self.port.notify(f"preset {preset}: from the next run, once the engine has said "
+                             "what runs on this device", timeout=4)
         self.failed.pop(config_id(self.desired), None)
         if refused:
             self.port.notify("not applied: " + "; ".join(refused), "warning", 8)

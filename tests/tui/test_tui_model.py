@@ -259,3 +259,18 @@ def test_an_option_chosen_before_the_engine_reports_is_kept_then_checked():
     assert any(sev == "warning" and "gemm=tunableop cannot run here: TunableOp" in text
                for sev, text in port.notes)
     assert model.select_option("gemm", "tunableop") is False   # known now: refused at once
+
+
+def test_a_preset_chosen_before_the_engine_reports_is_kept_then_checked():
+    model, port = make()
+    assert model.apply_preset("max") == []
+    ready(model)
+    assert port.sent[-1].opts == {**catalogue.DEFAULTS}      # the start-up configuration first
+    model.handle(fx.DEVICE)
+    applied(model, port.sent[-1])
+    ready(model)
+    runnable = {a: v for a, v in catalogue.PRESETS["max"].items() if fx.CPU_OPTIONS[a][v][0]}
+    assert port.sent[-1].opts == {**catalogue.DEFAULTS, **runnable}
+    for axis, name in catalogue.PRESETS["max"].items():
+        if axis not in runnable:
+            assert any(f"{axis}={name} cannot run here" in text for _, text in port.notes)
