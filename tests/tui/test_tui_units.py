@@ -678,9 +678,12 @@ def test_a_long_configuration_label_is_shortened_not_the_guard_or_the_figures(si
         await pilot.pause()
         app.action_show_tab("run")
         table = app.query_one(ComparisonTable)
-        table.scroll_visible(animate=False)
-        await pilot.pause()
-        lines = screen_text(app).splitlines()
+        for _ in range(40):   # the scroll lands after a refresh or two (later under load)
+            table.scroll_visible(animate=False)
+            await pilot.pause(0.05)
+            lines = screen_text(app).splitlines()
+            if any("─ comparison ·" in ln for ln in lines):
+                break
         lines = lines[next(i for i, ln in enumerate(lines) if "─ comparison ·" in ln):]
         rows = list(app.session.rows.values())
         assert any(len(r.label) > 40 for r in rows)
