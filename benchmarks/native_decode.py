@@ -20,8 +20,9 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -55,6 +56,8 @@ def run(n):
     G.generate(m, prompt, n, batch_size=bs, interactive=False, draft_model=None, temperature=0.8, top_k=200)
     torch.cuda.synchronize(); return time.perf_counter() - t0
 t = time.time(); run(n2); first = time.time() - t
+print("ready", flush=True)
+sys.stdin.readline()          # timed only when the caller says: alone on the card
 res = [(run(n2) - run(n1)) / (n2 - n1) * 1e3 for _ in range(3)]
 print(json.dumps({"bs": bs, "prompt": plen, "compile_s": round(first, 1), "ms": min(res)}), flush=True)
 """
@@ -100,11 +103,37 @@ def p(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def gptfast(folder: str, batch: int, prompt: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", GPTFAST, folder, str(batch), str(prompt), "32",
-                          "288"], capture_output=True, text=True, timeout=400)
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    return json.loads(line[-1]) if line else {"error": out.stderr.strip().splitlines()[-1:]}
+class GptFast:
+    """gpt-fast's points, one process each, all compiled at once at the start (their compile is
+    host work: ~100 s a point one after another on a cold machine), each then timed alone on
+    the card when `time` asks, while the others wait idle."""
+
+    def __init__(self, folder: str, points: list[tuple[int, int]]) -> None:
+        self.procs = {}
+        for pt in points:
+            err = tempfile.TemporaryFile("w+")     # a pipe could fill and stall the compile
+            self.procs[pt] = (subprocess.Popen(
+                [sys.executable, "-c", GPTFAST, folder, str(pt[0]), str(pt[1]), "32", "288"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True), err)
+        self.t0 = time.perf_counter()
+
+    def wait_ready(self) -> None:
+        """Returns when every process has compiled and warmed up (or died: `time` says why)."""
+        for proc, _ in self.procs.values():
+            proc.stdout.readline()
+        print(f"# gpt-fast: {len(self.procs)} points compiled at once in "
+              f"{time.perf_counter() - self.t0:.0f} s", flush=True)
+
+    def time(self, pt: tuple[int, int]) -> dict:
+        proc, err = self.procs.pop(pt)
+        try:
+            out, _ = proc.communicate("go\n", timeout=120)
+        except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
+            proc.kill()
+            out, _ = proc.communicate()
+        err.seek(0)
+        line = [ln for ln in out.splitlines() if ln.startswith("{")]
+        return json.loads(line[-1]) if line else {"error": err.read().strip().splitlines()[-1:]}
 
 
 def main() -> None:
@@ -125,6 +154,11 @@ def main() -> None:
                     help="points of backend=hf --preset max ('': none; each compiles ~1 min)")
     args = ap.parse_args()
     points = [tuple(int(v) for v in pt.split("x")) for pt in args.points.split(",")]
+    peer_points = [tuple(int(v) for v in pt.split("x"))
+                   for pt in filter(None, args.gptfast_points.split(","))] if args.gptfast else []
+    peers = GptFast(args.gptfast, peer_points) if peer_points else None
+    if peers:
+        peers.wait_ready()
     bw = read_bandwidth()
     print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | read {bw:.0f} GB/s",
           flush=True)
@@ -160,7 +194,7 @@ def main() -> None:
             print(f"# long run, kv={kv}, 1x128 + {args.long} tokens: p50 {p(g, .5):.3f} ms, "
                   f"p99 {p(g, .99):.3f} ms, p99/p50 {p(g, .99) / p(g, .5):.2f}, max "
                   f"{max(g):.3f} ms", flush=True)
-        if args.profile and kv == "static" and mode == modes[0]:
+        if args.profile and kv == "static":
             step_profile(native, loaded)
         native.close()
         del native
@@ -168,13 +202,10 @@ def main() -> None:
                  for pt in filter(None, args.hf_points.split(","))]
     if hf_points:
         rows += preset_max(loaded, hf_points, args.tokens, bw, weights, token_bytes)
-    if args.mixed:
-        mixed_kv(loaded, args.mixed)
     table(rows, {})
     peer = {}
-    for pt in filter(None, args.gptfast_points.split(",")) if args.gptfast else ():
-        batch, prompt = (int(v) for v in pt.split("x"))
-        peer[(batch, prompt)] = gptfast(args.gptfast, batch, prompt)
+    for batch, prompt in peer_points:
+        peer[(batch, prompt)] = peers.time((batch, prompt))
         ours = [r["tpot"] for r in rows
                 if (r["kv"], r["batch"], r["prompt"]) == ("static", batch, prompt)]
         ms = peer[(batch, prompt)].get("ms")
@@ -182,6 +213,8 @@ def main() -> None:
         print(f"# gpt-fast {batch}x{prompt}: {peer[(batch, prompt)]}{ratio}", flush=True)
     if peer:
         table(rows, peer)
+    if args.mixed:          # after gpt-fast's processes have left the card's memory
+        mixed_kv(loaded, args.mixed)
 
 
 def preset_max(loaded: models.Loaded, points: list[tuple[int, int]], tokens: int, bw: float,
@@ -209,27 +242,36 @@ def preset_max(loaded: models.Loaded, points: list[tuple[int, int]], tokens: int
     return rows
 
 
-def step_profile(native: NativeBackend, loaded: models.Loaded, steps: int = 32) -> None:
-    """Where a batch-1 step's time goes: kernels' device time per step against the wall TPOT
-    (the difference is launch gaps and host waits)."""
+def kernel_times(run: Callable[[], object]) -> dict[str, tuple[int, float]]:
+    """(launches, device us) per kernel name over run()."""
     from torch.profiler import ProfilerActivity, profile
 
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+    return {e.key: (e.count, e.self_device_time_total) for e in prof.key_averages()
+            if e.device_type.name == "CUDA" and e.self_device_time_total > 0}
+
+
+def step_profile(native: NativeBackend, loaded: models.Loaded, steps: int = 32) -> None:
+    """Where a batch-1 decode step's time goes: each kernel's device time per step (a run of
+    `steps` decode steps less a prefill-only run), their sum against the wall TPOT. Launched
+    serially the difference is the launch gaps; under dependent launch kernels overlap and a
+    kernel's time includes its programs' wait for the one before (the sum can pass the wall)."""
     timed_run(native, loaded, 1, 128, 8)
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-        stamps = timed_run(native, loaded, 1, 128, steps + 1)
+    prefill = kernel_times(lambda: timed_run(native, loaded, 1, 128, 1))
+    stamps: list[int] = []
+    run = kernel_times(lambda: stamps.extend(timed_run(native, loaded, 1, 128, steps + 1)))
     wall = statistics.fmean(gaps_ms(stamps))
-    kern = [e for e in prof.key_averages() if e.device_type.name == "CUDA"
-            and e.self_device_time_total > 0]
-    kern.sort(key=lambda e: -e.self_device_time_total)
-    busy = sum(e.self_device_time_total for e in kern) / 1e3 / (steps + 1)  # prefill included
-    launches = sum(e.count for e in kern) / (steps + 1)
-    print(f"\n# step profile, static 1x128: wall {wall:.3f} ms/step, kernels {busy:.3f} "
-          f"ms/step (prefill spread in), gaps {wall - busy:.3f} ms, {launches:.0f} kernels/step")
+    per = {k: ((n - prefill.get(k, (0, 0))[0]) / steps, (us - prefill.get(k, (0, 0))[1]) / steps)
+           for k, (n, us) in run.items()}
+    per = {k: v for k, v in per.items() if v[0] > 0}
+    busy = sum(us for _, us in per.values()) / 1e3
+    print(f"\n# step profile, static 1x128, decode only: wall {wall:.3f} ms/step, kernels "
+          f"{busy:.3f} ms/step, wall - kernels {wall - busy:.3f} ms, "
+          f"{sum(n for n, _ in per.values()):.0f} kernels/step")
     print("| kernel | calls/step | us/call | ms/step |\n|---|---|---|---|")
-    for e in kern[:24]:
-        per = e.self_device_time_total / 1e3 / (steps + 1)
-        print(f"| {e.key[:70]} | {e.count / (steps + 1):.0f} | "
-              f"{e.self_device_time_total / e.count:.1f} | {per:.3f} |")
+    for k, (n, us) in sorted(per.items(), key=lambda kv: -kv[1][1])[:24]:
+        print(f"| {k[:70]} | {n:.0f} | {us / n:.1f} | {us / 1e3:.3f} |")
 
 
 def mixed_kv(loaded: models.Loaded, batch: int) -> None:

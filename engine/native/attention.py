@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .overlap import SERIAL, Overlap, wait_for_previous
+
 NSPLIT = 16  # parts per (row, KV head) where the step is not tuned (fused.py tunes its own)
 
 
@@ -35,7 +37,9 @@ def _decode_parts(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, lse_ptr,
                   stride_qb, stride_qh, stride_kx, stride_ks, stride_tb, scale,
                   KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_P2: tl.constexpr,
                   HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, PAGED: tl.constexpr,
-                  SPLITS: tl.constexpr, BLOCK: tl.constexpr, DOT: tl.constexpr):
+                  SPLITS: tl.constexpr, BLOCK: tl.constexpr, DOT: tl.constexpr,
+                  PDL: tl.constexpr):
+    wait_for_previous(PDL)
     row = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
@@ -88,7 +92,9 @@ def _decode_parts(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, lse_ptr,
 
 
 @triton.jit
-def _merge_parts(parts_ptr, lse_ptr, o_ptr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr):
+def _merge_parts(parts_ptr, lse_ptr, o_ptr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 PDL: tl.constexpr):
+    wait_for_previous(PDL)
     at = tl.program_id(0)                           # row * heads + head
     part = tl.arange(0, SPLITS)
     d = tl.arange(0, HEAD_DIM)
@@ -103,21 +109,22 @@ def _merge_parts(parts_ptr, lse_ptr, o_ptr, SPLITS: tl.constexpr, HEAD_DIM: tl.c
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      lens: torch.Tensor, table: torch.Tensor | None, page: int,
                      splits: int = NSPLIT, block: int | None = None, warps: int = 4,
-                     stages: int = 1) -> torch.Tensor:
+                     stages: int = 1, overlap: Overlap = SERIAL) -> torch.Tensor:
     """q [B, H, D] (one new token per row, rotated); the caches [rows or pages, slots, KV
     heads, D]; row b attends to its slots 0 .. lens[b]. Returns [B, 1, H * D] in q's dtype."""
     parts, lse = decode_parts(q, k_cache, v_cache, lens, table, page, splits, block, warps,
-                              stages)
+                              stages, overlap)
     b, heads, dim = q.shape
     out = torch.empty(b, 1, heads * dim, dtype=q.dtype, device=q.device)
-    _merge_parts[(b * heads,)](parts, lse, out, SPLITS=splits, HEAD_DIM=dim, num_warps=1)
+    _merge_parts[(b * heads,)](parts, lse, out, SPLITS=splits, HEAD_DIM=dim, num_warps=1,
+                               **overlap.launch())
     return out
 
 
 def decode_parts(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  lens: torch.Tensor, table: torch.Tensor | None, page: int,
                  splits: int = NSPLIT, block: int | None = None, warps: int = 4,
-                 stages: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                 stages: int = 1, overlap: Overlap = SERIAL) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, H, D] (one new token per row, rotated); the caches [rows or pages, slots, KV
     heads, D]; row b attends to its slots 0 .. lens[b]. Returns the parts [B, H, splits, D]
     and their log-sum-exps [B, H, splits] (fp32), which decode_attention merges."""
@@ -136,6 +143,6 @@ def decode_parts(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         table.stride(0) if table is not None else 0, 1.0 / math.sqrt(dim),
         KV_HEADS=kv_heads, GROUP=group, GROUP_P2=g2, HEAD_DIM=dim, PAGE=page,
         PAGED=table is not None, SPLITS=splits, BLOCK=block, DOT=dot, num_warps=warps,
-        num_stages=stages)
+        num_stages=stages, **overlap.launch())
     return parts, lse
 

@@ -9,6 +9,10 @@ partial sums, added up with the residual by the next layer's norm. The inductor-
 noisy measurement; the measured choice here is the median of five timings over the model's
 own 32 layers of weights, and the choice is in the compile event's text.
 
+The kernels are launched with programmatic dependent launch where the card has it
+(overlap.py): each one's programs are placed, and its weights asked of L2, while the kernel
+before finishes.
+
 Tensor parallelism keeps the compiled step: its all-reduce sits between a GEMV and the residual
 add, where these kernels add split-K parts.
 """
@@ -26,6 +30,7 @@ import triton.language as tl
 from .attention import decode_attention
 from .gemv import SPLITS, TILINGS, Tiling, add_norm, fastest, gemv
 from .model import NativeLlama
+from .overlap import Overlap, wait_for_previous
 
 ATTENTION = [(s, b) for s in (8, 16, 32, 64) for b in (32, 64)]   # (splits, block)
 TUNE_LENGTH = 2048   # the KV length attention is timed at (the cache's context if shorter)
@@ -33,12 +38,14 @@ TUNE_LENGTH = 2048   # the KV length attention is timed at (the cache's context 
 
 @triton.jit
 def _rope_store(qkv_ptr, cos_ptr, sin_ptr, lens_ptr, at0_ptr, at1_ptr, q_ptr, k_ptr, v_ptr,
-                stride_qkv, stride_kx, stride_ks, HEADS, KV_HEADS, HALF: tl.constexpr):
+                stride_qkv, stride_kx, stride_ks, HEADS, KV_HEADS, HALF: tl.constexpr,
+                PDL: tl.constexpr):
     """Program (row, head) of the fused q/k/v output: a q head rotated into q, a k head rotated
     into the cache at (at0[row], at1[row]), a v head copied there; rotate-half layout."""
     row = tl.program_id(0)
     head = tl.program_id(1)
     d = tl.arange(0, HALF)
+    wait_for_previous(PDL)
     src = qkv_ptr + row * stride_qkv + head * 2 * HALF
     x1 = tl.load(src + d)
     x2 = tl.load(src + HALF + d)
@@ -83,13 +90,13 @@ class Plan:
 class FusedDecode:
     """`step(ids, lens)` = NativeLlama.decode over this module's kernels (tune first)."""
 
-    def __init__(self, model: NativeLlama, cache: Any) -> None:
-        self.model, self.cache = model, cache
+    def __init__(self, model: NativeLlama, cache: Any, overlap: Overlap) -> None:
+        self.model, self.cache, self.overlap = model, cache, overlap
         self.plans: dict[int, Plan] = {}
 
     def tune(self, batch: int) -> Plan:
         """Times each candidate over the model's layers at this batch size; keeps the fastest."""
-        m, s = self.model, self.model.shape
+        m, s, ov = self.model, self.model.shape, self.overlap
         layers = m.layers
         n = len(layers)
         dev, dt = m.device, m.dtype
@@ -98,16 +105,18 @@ class FusedDecode:
         mlp_in = torch.randn(batch, layers[0].w2.shape[1], dtype=dt, device=dev)
         split = [Tiling(t.block_n, t.block_k, t.warps, t.stages, k) for t in TILINGS
                  for k in SPLITS]
-        qkv = fastest(lambda t: lambda i: gemv(x, layers[i].wqkv, t), n, TILINGS)[0]
+        qkv = fastest(lambda t: lambda i: gemv(x, layers[i].wqkv, t, overlap=ov), n, TILINGS)[0]
         # o and down with the add_norm that sums their parts: more parts, more to add
-        o = fastest(lambda t: lambda i: add_norm(gemv(o_in, layers[i].wo, t, partial=True), x,
-                                                 layers[i].mlp_norm, s.eps), n, split)[0]
-        gate_up = fastest(lambda t: lambda i: gemv(x, layers[i].w13, t, swiglu=True), n,
-                          TILINGS)[0]
-        down = fastest(lambda t: lambda i: add_norm(gemv(mlp_in, layers[i].w2, t, partial=True),
-                                                    x, layers[i].attn_norm, s.eps), n, split)[0]
-        head = fastest(lambda t: lambda i: gemv(x, m.lm_head, t, out_dtype=torch.float32), 1,
-                       TILINGS)[0]
+        o = fastest(lambda t: lambda i: add_norm(
+            gemv(o_in, layers[i].wo, t, partial=True, overlap=ov), x, layers[i].mlp_norm, s.eps,
+            ov), n, split)[0]
+        gate_up = fastest(lambda t: lambda i: gemv(x, layers[i].w13, t, swiglu=True, overlap=ov),
+                          n, TILINGS)[0]
+        down = fastest(lambda t: lambda i: add_norm(
+            gemv(mlp_in, layers[i].w2, t, partial=True, overlap=ov), x, layers[i].attn_norm,
+            s.eps, ov), n, split)[0]
+        head = fastest(lambda t: lambda i: gemv(x, m.lm_head, t, out_dtype=torch.float32,
+                                                overlap=ov), 1, TILINGS)[0]
         q = torch.randn(batch, s.heads, s.head_dim, dtype=dt, device=dev)
         length = min(TUNE_LENGTH, self.cache.context)
         lens = torch.full((batch,), length - 1, device=dev)
@@ -118,7 +127,8 @@ class FusedDecode:
             pages = torch.arange(batch * per_row, device=dev) % (self.cache.n_pages - 1) + 1
             table[:batch, :per_row] = pages.view(batch, per_row)
         attention = fastest(lambda a: lambda i: decode_attention(
-            q, self.cache.k[i], self.cache.v[i], lens, table, page, *a), n, ATTENTION)[0]
+            q, self.cache.k[i], self.cache.v[i], lens, table, page, *a, overlap=ov), n,
+            ATTENTION)[0]
         if table is not None:
             table.copy_(saved)
         plan = Plan(qkv, o, gate_up, down, head, attention)
@@ -127,25 +137,26 @@ class FusedDecode:
 
     def step(self, ids: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """One token per row: ids [B, 1] at slot lens[b] of row b; logits [B, V]; lens += 1."""
-        m, s, cache = self.model, self.model.shape, self.cache
+        m, s, cache, ov = self.model, self.model.shape, self.cache, self.overlap
         b = ids.shape[0]
         plan = self.plans[b]
         at0, at1 = cache.targets(torch.arange(b, device=ids.device), lens)
         table, page = cache.blocks()
-        x, h = add_norm(None, F.embedding(ids[:, 0], m.embed), m.layers[0].attn_norm, s.eps)
+        x, h = add_norm(None, F.embedding(ids[:, 0], m.embed), m.layers[0].attn_norm, s.eps, ov)
         for i, lay in enumerate(m.layers):
-            qkv = gemv(h, lay.wqkv, plan.qkv)
+            qkv = gemv(h, lay.wqkv, plan.qkv, overlap=ov)
             q = torch.empty(b, s.heads, s.head_dim, dtype=m.dtype, device=ids.device)
             k, v = cache.k[i], cache.v[i]
             _rope_store[(b, s.heads + 2 * s.kv_heads)](
                 qkv, m.cos, m.sin, lens, at0, at1, q, k, v, qkv.stride(0), k.stride(0),
-                k.stride(1), s.heads, s.kv_heads, HALF=s.head_dim // 2, num_warps=1)
-            o = decode_attention(q, k, v, lens, table, page, *plan.attention)
-            parts = gemv(o.view(b, -1), lay.wo, plan.o, partial=True)
-            x, h = add_norm(parts, x, lay.mlp_norm, s.eps)
-            parts = gemv(gemv(h, lay.w13, plan.gate_up, swiglu=True), lay.w2, plan.down,
-                         partial=True)
+                k.stride(1), s.heads, s.kv_heads, HALF=s.head_dim // 2, num_warps=1,
+                **ov.launch())
+            o = decode_attention(q, k, v, lens, table, page, *plan.attention, overlap=ov)
+            parts = gemv(o.view(b, -1), lay.wo, plan.o, partial=True, overlap=ov)
+            x, h = add_norm(parts, x, lay.mlp_norm, s.eps, ov)
+            parts = gemv(gemv(h, lay.w13, plan.gate_up, swiglu=True, overlap=ov), lay.w2,
+                         plan.down, partial=True, overlap=ov)
             after = m.layers[i + 1].attn_norm if i + 1 < len(m.layers) else m.norm
-            x, h = add_norm(parts, x, after, s.eps)
+            x, h = add_norm(parts, x, after, s.eps, ov)
         lens.add_(1)
-        return gemv(h, m.lm_head, plan.head, out_dtype=torch.float32)
+        return gemv(h, m.lm_head, plan.head, out_dtype=torch.float32, overlap=ov)

@@ -16,6 +16,9 @@ across builds). Two habits of the kernel:
 Fusing the norm into the GEMV's prologue was measured too and lost (qkv 25.6 -> 32.5 us: each
 program's pass over the input row delays its first weight load).
 
+Under programmatic dependent launch (overlap.py) a GEMV's programs ask L2 for their first
+weight tiles before they wait for the kernel before them: the weights do not depend on it.
+
 Numerics follow the torch step (model.py): products summed in fp32, a GEMV's output rounded to
 the weights' dtype before the SwiGLU or the residual add, the norm in fp32 rounded to the dtype.
 """
@@ -31,16 +34,20 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
+from .overlap import SERIAL, Overlap, prefetch_l2, wait_for_previous
+
 T = TypeVar("T")
 
 
 @triton.jit
 def _gemv(x_ptr, w_ptr, out_ptr, B, N, K, PAIR, PER_SPLIT, stride_x, stride_o, stride_s,
           BP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-          SWIGLU: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr):
+          SWIGLU: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
+          PDL: tl.constexpr, LEAD: tl.constexpr, LINE: tl.constexpr):
     """out[b, n] = x[b] . w[n]. SWIGLU: w holds gate rows then up rows (PAIR = N below) and
     out = silu(gate) * up. SPLIT: program (i, s) sums k in [s * PER_SPLIT, (s + 1) * PER_SPLIT)
-    into out[s] in fp32, unrounded."""
+    into out[s] in fp32, unrounded. LEAD: the weight columns of its own range a program asks
+    L2 for before waiting for the kernel before it (0: none), one address per LINE elements."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     b = tl.arange(0, BP)
     live_n = n < N
@@ -48,6 +55,13 @@ def _gemv(x_ptr, w_ptr, out_ptr, B, N, K, PAIR, PER_SPLIT, stride_x, stride_o, s
     dtype = w_ptr.dtype.element_ty
     k_start = tl.program_id(1) * PER_SPLIT
     k_end = tl.minimum(k_start + PER_SPLIT, K)
+    if LEAD > 0:
+        lines = k_start + tl.arange(0, LEAD // LINE) * LINE
+        rows = tl.where(live_n, n, 0).to(tl.int64) * K
+        prefetch_l2(w_ptr + rows[:, None] + tl.minimum(lines, K - 1)[None, :])
+        if SWIGLU:
+            prefetch_l2(w_ptr + rows[:, None] + PAIR * K + tl.minimum(lines, K - 1)[None, :])
+    wait_for_previous(PDL)
     acc = tl.zeros([BP, BLOCK_N], tl.float32)
     if SWIGLU:
         acc_up = tl.zeros([BP, BLOCK_N], tl.float32)
@@ -82,13 +96,16 @@ def _gemv(x_ptr, w_ptr, out_ptr, B, N, K, PAIR, PER_SPLIT, stride_x, stride_o, s
 
 @triton.jit
 def _add_norm(parts_ptr, x_ptr, w_ptr, x_out_ptr, h_ptr, N, stride_s, eps,
-              BLOCK: tl.constexpr, SPLITS: tl.constexpr, HAS_PARTS: tl.constexpr):
+              BLOCK: tl.constexpr, SPLITS: tl.constexpr, HAS_PARTS: tl.constexpr,
+              PDL: tl.constexpr):
     """Row b: x = x + round(sum of the parts) (the GEMV's output, then the residual add) and
     h = w * round(x * rsqrt(mean(x^2) + eps)), as model.rms_norm."""
     b = tl.program_id(0)
     i = tl.arange(0, BLOCK)
     live = i < N
     dtype = x_ptr.dtype.element_ty
+    norm_w = tl.load(w_ptr + i, mask=live, other=0.0)      # a weight: no need to wait for it
+    wait_for_previous(PDL)
     x = tl.load(x_ptr + b * N + i, mask=live, other=0.0)
     if HAS_PARTS:
         total = tl.zeros([BLOCK], tl.float32)
@@ -98,7 +115,7 @@ def _add_norm(parts_ptr, x_ptr, w_ptr, x_out_ptr, h_ptr, N, stride_s, eps,
         tl.store(x_out_ptr + b * N + i, x, mask=live)
     xf = x.to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / N + eps)
-    h = tl.load(w_ptr + i, mask=live, other=0.0) * (xf * rstd).to(dtype)
+    h = norm_w * (xf * rstd).to(dtype)
     tl.store(h_ptr + b * N + i, h, mask=live)
 
 
@@ -123,7 +140,8 @@ SPLITS = (1, 2, 4)
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, tiling: Tiling, *, swiglu: bool = False,
-         partial: bool = False, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+         partial: bool = False, out_dtype: torch.dtype | None = None,
+         overlap: Overlap = SERIAL) -> torch.Tensor:
     """x [B, K] (rows may be strided); w [N, K] (or [2 N, K] with swiglu): out [B, N]. With
     `partial`, the fp32 sums [tiling.splits, B, N] of each part of K, unrounded: add_norm adds
     them up."""
@@ -135,16 +153,19 @@ def gemv(x: torch.Tensor, w: torch.Tensor, tiling: Tiling, *, swiglu: bool = Fal
         out = torch.empty(batch, n, dtype=out_dtype or w.dtype, device=x.device)
     splits = tiling.splits if partial else 1
     per = triton.cdiv(triton.cdiv(k, splits), tiling.block_k) * tiling.block_k
+    line = 128 // w.element_size()                 # elements in one 128-byte line
+    lead = min(per, tiling.block_k * tiling.stages) if overlap.prefetch else 0
     _gemv[(triton.cdiv(n, tiling.block_n), splits)](
         x, w, out, batch, n, k, n, per, x.stride(0), out.stride(-2),
         out.stride(0) if partial else 0, BP=max(16, triton.next_power_of_2(batch)),
         BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, SWIGLU=swiglu, SPLIT=partial,
-        IEEE=w.dtype == torch.float32, num_warps=tiling.warps, num_stages=tiling.stages)
+        IEEE=w.dtype == torch.float32, LEAD=triton.next_power_of_2(lead) if lead else 0,
+        LINE=line, num_warps=tiling.warps, num_stages=tiling.stages, **overlap.launch())
     return out
 
 
 def add_norm(parts: torch.Tensor | None, x: torch.Tensor, w: torch.Tensor,
-             eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+             eps: float, overlap: Overlap = SERIAL) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + the parts' sum, its RMSNorm); parts None: x itself is normed (the first layer)."""
     batch, n = x.shape
     x_out = torch.empty_like(x) if parts is not None else x
@@ -153,7 +174,8 @@ def add_norm(parts: torch.Tensor | None, x: torch.Tensor, w: torch.Tensor,
     _add_norm[(batch,)](parts if parts is not None else x, x, w, x_out, h, n,
                         parts.stride(0) if parts is not None else 0, eps, BLOCK=block,
                         SPLITS=parts.shape[0] if parts is not None else 0,
-                        HAS_PARTS=parts is not None, num_warps=8 if block >= 2048 else 4)
+                        HAS_PARTS=parts is not None, num_warps=8 if block >= 2048 else 4,
+                        **overlap.launch())
     return x_out, h
 
 

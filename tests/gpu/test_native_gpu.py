@@ -77,11 +77,29 @@ def test_native_equals_hf_on_cuda_fp32(tiny):
     torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("batch", [1, 5])
-def test_gemv_kernels_match_torch_ops_in_bf16(batch):
+def test_dependent_launch_gives_the_serial_launch_ids(tiny):
+    """Under programmatic dependent launch each kernel starts while the one before finishes: a
+    kernel that read or wrote before its wait would change ids (tiny kernels: wide overlap)."""
+    events: list = []
+    best = build(tiny, events, KERNELS, compile="full")
+    serial = build(tiny, [], "kernels-serial", compile="full")
+    hopper = torch.cuda.get_device_capability() >= (9, 0)
+    assert ("(dependent launch, L2 prefetch)" in events[0].detail) == hopper
+    for plen, batch in ((16, 1), (300, 3)):
+        inp = inputs(tiny, plen, batch)
+        assert ids(best, inp, 64) == ids(serial, inp, 64)
+
+
+@pytest.mark.parametrize("batch,pdl", [(1, False), (5, False), (1, True), (5, True)])
+def test_gemv_kernels_match_torch_ops_in_bf16(batch, pdl):
     """Each fused GEMV against the torch ops it replaces (model.py), 7B-like widths."""
     from llmtop.engine.native.gemv import Tiling, add_norm, gemv
     from llmtop.engine.native.model import rms_norm
+    from llmtop.engine.native.overlap import Overlap
+
+    if pdl and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("programmatic dependent launch needs compute capability 9.0")
+    ov = Overlap(pdl, pdl)
 
     torch.manual_seed(batch)
     bf = dict(device="cuda", dtype=torch.bfloat16)
@@ -94,15 +112,16 @@ def test_gemv_kernels_match_torch_ops_in_bf16(batch):
         return ((a.float() - b.float()).norm() / b.float().norm()).item() < 1e-2
 
     for t in (Tiling(32, 128, 4, 4), Tiling(64, 256, 4, 3, splits=4)):
-        assert close(gemv(x, w[:n], t), F.linear(x, w[:n]))
+        assert close(gemv(x, w[:n], t, overlap=ov), F.linear(x, w[:n]))
         g, u = F.linear(x, w).chunk(2, -1)
-        assert close(gemv(x, w, t, swiglu=True), F.silu(g) * u)
-        parts = gemv(x, w[:n], t, partial=True)
+        assert close(gemv(x, w, t, swiglu=True, overlap=ov), F.silu(g) * u)
+        parts = gemv(x, w[:n], t, partial=True, overlap=ov)
         assert parts.shape == (t.splits, batch, n) and parts.dtype == torch.float32
-        x_out, h = add_norm(parts, res, norm, eps)
+        x_out, h = add_norm(parts, res, norm, eps, ov)
         assert close(x_out, res + F.linear(x, w[:n]))
         assert close(h, rms_norm(res + F.linear(x, w[:n]), norm, eps))
-        assert close(gemv(x, w[:n], t, out_dtype=torch.float32), F.linear(x, w[:n]).float())
+        assert close(gemv(x, w[:n], t, out_dtype=torch.float32, overlap=ov),
+                     F.linear(x, w[:n]).float())
 
 
 @pytest.mark.parametrize("heads,kv_heads,dim,dtype", [(32, 32, 128, torch.bfloat16),
