@@ -1,17 +1,17 @@
-"""The decode step of compile=full on one CUDA device: nine kernels a layer, each tuned on this
+"""The decode step of compile=full on one CUDA device: eight kernels a layer, each tuned on this
 card when the step is built, captured by graphs.py.
 
-A layer: q/k/v GEMV; rotary + the K/V store (`_rope_store`); the decode attention kernel and
-its merge (attention.py); the o GEMV as split-K partial sums; their sum + the residual + the
-MLP's RMSNorm (gemv.add_norm); gate/up GEMV with the SwiGLU as its epilogue; the down GEMV as
-partial sums, added up with the residual by the next layer's norm. The inductor-compiled step
+A layer: q/k/v GEMV; the decode attention kernel, which rotates q and the new key and stores
+the new key and value itself, and its merge (attention.py); the o GEMV as split-K partial
+sums; their sum + the residual + the MLP's RMSNorm (gemv.add_norm); gate/up GEMV with the
+SwiGLU as its epilogue; the down GEMV as partial sums, added up with the residual by the next
+layer's norm. The inductor-compiled step
 (graphs.compiled) had ~10.3 kernels a layer with the down projection's tiling left to one
 noisy measurement; the measured choice here is the median of five timings over the model's
 own 32 layers of weights, and the choice is in the compile event's text.
 
 The kernels are launched with programmatic dependent launch where the card has it
-(overlap.py): each one's programs are placed, and its weights asked of L2, while the kernel
-before finishes.
+(overlap.py): each one's programs are placed while the kernel before finishes.
 
 Tensor parallelism keeps the compiled step: its all-reduce sits between a GEMV and the residual
 add, where these kernels add split-K parts.
@@ -25,51 +25,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import triton
-import triton.language as tl
 
 from .attention import decode_attention
 from .gemv import SPLITS, TILINGS, Tiling, add_norm, fastest, gemv
 from .model import NativeLlama
-from .overlap import Overlap, wait_for_previous
+from .overlap import Overlap
 
 ATTENTION = [(s, b) for s in (8, 16, 32, 64) for b in (32, 64)]   # (splits, block)
 TUNE_LENGTH = 2048   # the KV length attention is timed at (the cache's context if shorter)
-
-
-@triton.jit
-def _rope_store(qkv_ptr, cos_ptr, sin_ptr, lens_ptr, at0_ptr, at1_ptr, q_ptr, k_ptr, v_ptr,
-                stride_qkv, stride_kx, stride_ks, HEADS, KV_HEADS, HALF: tl.constexpr,
-                PDL: tl.constexpr):
-    """Program (row, head) of the fused q/k/v output: a q head rotated into q, a k head rotated
-    into the cache at (at0[row], at1[row]), a v head copied there; rotate-half layout."""
-    row = tl.program_id(0)
-    head = tl.program_id(1)
-    d = tl.arange(0, HALF)
-    wait_for_previous(PDL)
-    src = qkv_ptr + row * stride_qkv + head * 2 * HALF
-    x1 = tl.load(src + d)
-    x2 = tl.load(src + HALF + d)
-    dtype = x1.dtype
-    slot = tl.load(at0_ptr + row).to(tl.int64) * stride_kx + tl.load(at1_ptr + row) * stride_ks
-    if head < HEADS + KV_HEADS:
-        pos = tl.load(lens_ptr + row) * 2 * HALF
-        c1 = tl.load(cos_ptr + pos + d).to(tl.float32)
-        c2 = tl.load(cos_ptr + pos + HALF + d).to(tl.float32)
-        s1 = tl.load(sin_ptr + pos + d).to(tl.float32)
-        s2 = tl.load(sin_ptr + pos + HALF + d).to(tl.float32)
-        f1, f2 = x1.to(tl.float32), x2.to(tl.float32)
-        y1 = (f1 * c1 - f2 * s1).to(dtype)
-        y2 = (f2 * c2 + f1 * s2).to(dtype)
-        if head < HEADS:
-            dst = q_ptr + (row * HEADS + head) * 2 * HALF
-        else:
-            dst = k_ptr + slot + (head - HEADS) * 2 * HALF
-        tl.store(dst + d, y1)
-        tl.store(dst + HALF + d, y2)
-    else:
-        dst = v_ptr + slot + (head - HEADS - KV_HEADS) * 2 * HALF
-        tl.store(dst + d, x1)
-        tl.store(dst + HALF + d, x2)
 
 
 @dataclass(frozen=True)
@@ -117,7 +80,8 @@ class FusedDecode:
             s.eps, ov), n, split)[0]
         head = fastest(lambda t: lambda i: gemv(x, m.lm_head, t, out_dtype=torch.float32,
                                                 overlap=ov), 1, TILINGS)[0]
-        q = torch.randn(batch, s.heads, s.head_dim, dtype=dt, device=dev)
+        qkv_out = torch.randn(batch, (s.heads + 2 * s.kv_heads) * s.head_dim, dtype=dt,
+                              device=dev)
         length = min(TUNE_LENGTH, self.cache.context)
         lens = torch.full((batch,), length - 1, device=dev)
         table, page = self.cache.blocks()
@@ -127,8 +91,8 @@ class FusedDecode:
             pages = torch.arange(batch * per_row, device=dev) % (self.cache.n_pages - 1) + 1
             table[:batch, :per_row] = pages.view(batch, per_row)
         attention = fastest(lambda a: lambda i: decode_attention(
-            q, self.cache.k[i], self.cache.v[i], lens, table, page, *a, overlap=ov), n,
-            ATTENTION)[0]
+            qkv_out, self.cache.k[i], self.cache.v[i], lens, table, page, *a, overlap=ov,
+            rope=(m.cos, m.sin)), n, ATTENTION)[0]
         if table is not None:
             table.copy_(saved)
         plan = Plan(qkv, o, gate_up, down, head, attention)
@@ -140,18 +104,12 @@ class FusedDecode:
         m, s, cache, ov = self.model, self.model.shape, self.cache, self.overlap
         b = ids.shape[0]
         plan = self.plans[b]
-        at0, at1 = cache.targets(torch.arange(b, device=ids.device), lens)
         table, page = cache.blocks()
         x, h = add_norm(None, F.embedding(ids[:, 0], m.embed), m.layers[0].attn_norm, s.eps, ov)
         for i, lay in enumerate(m.layers):
             qkv = gemv(h, lay.wqkv, plan.qkv, overlap=ov)
-            q = torch.empty(b, s.heads, s.head_dim, dtype=m.dtype, device=ids.device)
-            k, v = cache.k[i], cache.v[i]
-            _rope_store[(b, s.heads + 2 * s.kv_heads)](
-                qkv, m.cos, m.sin, lens, at0, at1, q, k, v, qkv.stride(0), k.stride(0),
-                k.stride(1), s.heads, s.kv_heads, HALF=s.head_dim // 2, num_warps=1,
-                **ov.launch())
-            o = decode_attention(q, k, v, lens, table, page, *plan.attention, overlap=ov)
+            o = decode_attention(qkv, cache.k[i], cache.v[i], lens, table, page,
+                                 *plan.attention, overlap=ov, rope=(m.cos, m.sin))
             parts = gemv(o.view(b, -1), lay.wo, plan.o, partial=True, overlap=ov)
             x, h = add_norm(parts, x, lay.mlp_norm, s.eps, ov)
             parts = gemv(gemv(h, lay.w13, plan.gate_up, swiglu=True, overlap=ov), lay.w2,

@@ -16,9 +16,6 @@ across builds). Two habits of the kernel:
 Fusing the norm into the GEMV's prologue was measured too and lost (qkv 25.6 -> 32.5 us: each
 program's pass over the input row delays its first weight load).
 
-Under programmatic dependent launch (overlap.py) a GEMV's programs ask L2 for their first
-weight tiles before they wait for the kernel before them: the weights do not depend on it.
-
 Numerics follow the torch step (model.py): products summed in fp32, a GEMV's output rounded to
 the weights' dtype before the SwiGLU or the residual add, the norm in fp32 rounded to the dtype.
 """
@@ -34,7 +31,7 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from .overlap import SERIAL, Overlap, prefetch_l2, wait_for_previous
+from .overlap import SERIAL, Overlap, wait_for_previous
 
 T = TypeVar("T")
 
@@ -42,12 +39,10 @@ T = TypeVar("T")
 @triton.jit
 def _gemv(x_ptr, w_ptr, out_ptr, B, N, K, PAIR, PER_SPLIT, stride_x, stride_o, stride_s,
           BP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-          SWIGLU: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr,
-          PDL: tl.constexpr, LEAD: tl.constexpr, LINE: tl.constexpr):
+          SWIGLU: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr):
     """out[b, n] = x[b] . w[n]. SWIGLU: w holds gate rows then up rows (PAIR = N below) and
     out = silu(gate) * up. SPLIT: program (i, s) sums k in [s * PER_SPLIT, (s + 1) * PER_SPLIT)
-    into out[s] in fp32, unrounded. LEAD: the weight columns of its own range a program asks
-    L2 for before waiting for the kernel before it (0: none), one address per LINE elements."""
+    into out[s] in fp32, unrounded."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     b = tl.arange(0, BP)
     live_n = n < N
@@ -55,12 +50,6 @@ def _gemv(x_ptr, w_ptr, out_ptr, B, N, K, PAIR, PER_SPLIT, stride_x, stride_o, s
     dtype = w_ptr.dtype.element_ty
     k_start = tl.program_id(1) * PER_SPLIT
     k_end = tl.minimum(k_start + PER_SPLIT, K)
-    if LEAD > 0:
-        lines = k_start + tl.arange(0, LEAD // LINE) * LINE
-        rows = tl.where(live_n, n, 0).to(tl.int64) * K
-        prefetch_l2(w_ptr + rows[:, None] + tl.minimum(lines, K - 1)[None, :])
-        if SWIGLU:
-            prefetch_l2(w_ptr + rows[:, None] + PAIR * K + tl.minimum(lines, K - 1)[None, :])
     wait_for_previous(PDL)
     acc = tl.zeros([BP, BLOCK_N], tl.float32)
     if SWIGLU:
@@ -153,14 +142,12 @@ def gemv(x: torch.Tensor, w: torch.Tensor, tiling: Tiling, *, swiglu: bool = Fal
         out = torch.empty(batch, n, dtype=out_dtype or w.dtype, device=x.device)
     splits = tiling.splits if partial else 1
     per = triton.cdiv(triton.cdiv(k, splits), tiling.block_k) * tiling.block_k
-    line = 128 // w.element_size()                 # elements in one 128-byte line
-    lead = min(per, tiling.block_k * tiling.stages) if overlap.prefetch else 0
     _gemv[(triton.cdiv(n, tiling.block_n), splits)](
         x, w, out, batch, n, k, n, per, x.stride(0), out.stride(-2),
         out.stride(0) if partial else 0, BP=max(16, triton.next_power_of_2(batch)),
         BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, SWIGLU=swiglu, SPLIT=partial,
-        IEEE=w.dtype == torch.float32, LEAD=triton.next_power_of_2(lead) if lead else 0,
-        LINE=line, num_warps=tiling.warps, num_stages=tiling.stages, **overlap.launch())
+        IEEE=w.dtype == torch.float32, num_warps=tiling.warps, num_stages=tiling.stages,
+        **overlap.launch())
     return out
 
 

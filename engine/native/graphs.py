@@ -30,8 +30,8 @@ from .model import EAGER, NativeUnsupported, Pieces, attn_in, attn_out_mlp, head
 
 SPAN_STEP = 256      # KV slots per captured span
 KERNELS = "kernels"  # compile=full's mode: fused.py's tuned kernels (else an inductor mode)
-# the same kernels launched otherwise, for benchmarks/native_decode.py's comparison (overlap.py)
-OVERLAPS = {KERNELS: None, "kernels-pdl": (True, False), "kernels-serial": (False, False)}
+# the same kernels without programmatic dependent launch (overlap.py): native_decode.py's A/B
+SERIAL = "kernels-serial"
 INDUCTOR = "max-autotune-no-cudagraphs"   # the pieces' mode where those kernels do not apply
 
 
@@ -74,19 +74,18 @@ class Decoder:
                 raise NativeUnsupported("compile=full captures the decode step in CUDA graphs, "
                                         "which need a CUDA device: use compile=off on the CPU")
             start = time.perf_counter_ns()
-            if mode in OVERLAPS and model.all_reduce is None and model.decode_attention is not None:
+            ours = mode in (KERNELS, SERIAL)
+            if ours and model.all_reduce is None and model.decode_attention is not None:
                 from .fused import FusedDecode
                 from .overlap import Overlap
 
-                pick = OVERLAPS[mode]
-                overlap = Overlap(*pick) if pick else Overlap.best(torch.device(device))
+                overlap = Overlap.best(torch.device(device)) if mode == KERNELS else Overlap()
                 self.fused = FusedDecode(model, cache, overlap)
                 plans = "; ".join(f"batch {b}: {self.fused.tune(b)}" for b in self.batches)
-                launch = "dependent launch" + (", L2 prefetch" if overlap.prefetch else "") \
-                    if overlap.pdl else "serial launch"
+                launch = "dependent launch" if overlap.pdl else "serial launch"
                 what = f"native decode kernels ({launch}), tilings timed on this card: {plans}"
             else:
-                inductor_mode = INDUCTOR if mode in OVERLAPS else mode
+                inductor_mode = INDUCTOR if ours else mode
                 self.fns = compiled(inductor_mode)
                 self._compile_all()
                 what = (f"native decode pieces, fullgraph, mode {inductor_mode or 'default'}, "
