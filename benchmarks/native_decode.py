@@ -195,7 +195,7 @@ def main() -> None:
                   f"p99 {p(g, .99):.3f} ms, p99/p50 {p(g, .99) / p(g, .5):.2f}, max "
                   f"{max(g):.3f} ms", flush=True)
         if args.profile and kv == "static":
-            step_profile(native, loaded)
+            step_profile(native, loaded, label)
         native.close()
         del native
     hf_points = [tuple(int(v) for v in pt.split("x"))
@@ -242,36 +242,57 @@ def preset_max(loaded: models.Loaded, points: list[tuple[int, int]], tokens: int
     return rows
 
 
-def kernel_times(run: Callable[[], object]) -> dict[str, tuple[int, float]]:
-    """(launches, device us) per kernel name over run()."""
+def chain_times(kernels: list[tuple[float, float, str]]) -> dict[str, list[float]]:
+    """Per kernel name: [launches, device us, chain us], and "(idle)": [0, 0, us], from
+    (start, end, name) intervals. A kernel's chain time is how far it moves the last kernel end
+    forward: end - max(start, previous ends). Launched serially it is the kernel's duration;
+    under dependent launch a kernel starts while the one before runs, and only its part past
+    that one's end counts. The chain times and the idle gaps add up to the device span."""
+    out: dict[str, list[float]] = {"(idle)": [0, 0.0, 0.0]}
+    kernels = sorted(kernels)
+    last = kernels[0][0] if kernels else 0.0
+    for start, end, name in kernels:
+        row = out.setdefault(name, [0, 0.0, 0.0])
+        row[0] += 1
+        row[1] += end - start
+        out["(idle)"][2] += max(0.0, start - last)
+        row[2] += max(0.0, end - max(start, last))
+        last = max(last, end)
+    return out
+
+
+def kernel_chain(run: Callable[[], object]) -> dict[str, list[float]]:
+    """chain_times of the CUDA kernels (and copies) run() launches."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         run()
-    return {e.key: (e.count, e.self_device_time_total) for e in prof.key_averages()
-            if e.device_type.name == "CUDA" and e.self_device_time_total > 0}
+    return chain_times([(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                        if e.device_type.name == "CUDA"])
 
 
-def step_profile(native: NativeBackend, loaded: models.Loaded, steps: int = 32) -> None:
-    """Where a batch-1 decode step's time goes: each kernel's device time per step (a run of
-    `steps` decode steps less a prefill-only run), their sum against the wall TPOT. Launched
-    serially the difference is the launch gaps; under dependent launch kernels overlap and a
-    kernel's time includes its programs' wait for the one before (the sum can pass the wall)."""
+def step_profile(native: NativeBackend, loaded: models.Loaded, label: str,
+                 steps: int = 32) -> None:
+    """Where a batch-1 decode step's time goes: per kernel, its launches, device time and chain
+    time per step (kernel_chain over `steps` decode steps less a prefill-only run), against
+    the wall TPOT."""
     timed_run(native, loaded, 1, 128, 8)
-    prefill = kernel_times(lambda: timed_run(native, loaded, 1, 128, 1))
+    prefill = kernel_chain(lambda: timed_run(native, loaded, 1, 128, 1))
     stamps: list[int] = []
-    run = kernel_times(lambda: stamps.extend(timed_run(native, loaded, 1, 128, steps + 1)))
+    run = kernel_chain(lambda: stamps.extend(timed_run(native, loaded, 1, 128, steps + 1)))
     wall = statistics.fmean(gaps_ms(stamps))
-    per = {k: ((n - prefill.get(k, (0, 0))[0]) / steps, (us - prefill.get(k, (0, 0))[1]) / steps)
-           for k, (n, us) in run.items()}
-    per = {k: v for k, v in per.items() if v[0] > 0}
-    busy = sum(us for _, us in per.values()) / 1e3
-    print(f"\n# step profile, static 1x128, decode only: wall {wall:.3f} ms/step, kernels "
-          f"{busy:.3f} ms/step, wall - kernels {wall - busy:.3f} ms, "
-          f"{sum(n for n, _ in per.values()):.0f} kernels/step")
-    print("| kernel | calls/step | us/call | ms/step |\n|---|---|---|---|")
-    for k, (n, us) in sorted(per.items(), key=lambda kv: -kv[1][1])[:24]:
-        print(f"| {k[:70]} | {n:.0f} | {us / n:.1f} | {us / 1e3:.3f} |")
+    zero = [0, 0.0, 0.0]
+    per = {k: [(v - w) / steps for v, w in zip(row, prefill.get(k, zero))]
+           for k, row in run.items()}
+    per = {k: v for k, v in per.items() if v[2] > 0.05}
+    chain = sum(v[2] for v in per.values()) / 1e3
+    print(f"\n# step profile, kv={label} 1x128, decode only: wall {wall:.3f} ms/step, chain "
+          f"{chain:.3f} ms/step, {sum(v[0] for v in per.values()):.0f} kernels/step")
+    print("| kernel | calls/step | device us/call | chain us/call | chain ms/step |")
+    print("|---|---|---|---|---|")
+    for k, (n, dev, ch) in sorted(per.items(), key=lambda kv: -kv[1][2])[:16]:
+        print(f"| {k[:60]} | {n:.0f} | {dev / n if n else 0:.1f} | {ch / n if n else ch:.1f} | "
+              f"{ch / 1e3:.3f} |")
 
 
 def mixed_kv(loaded: models.Loaded, batch: int) -> None:
