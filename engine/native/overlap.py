@@ -11,8 +11,11 @@ kernel launched without PDL (a torch op, a first launch) makes the wait a no-op.
 
 Measured on an H200 (benchmarks/native_decode.py --mode kernels,kernels-serial, 7B bf16):
 batch 1 3.895 -> 3.682 ms at prompt 128, 4.182 -> 3.987 at 2048; batch 8 unchanged (4.207 /
-4.233). Tried and dropped: GEMVs asking L2 for their first weight tiles before the wait
-(3.837 ms: the requests compete with the finishing kernel's reads).
+4.233). Tried and dropped, same card kind: GEMVs asking L2 for their first weight tiles before
+the wait (3.837 ms against 3.682: the requests compete with the finishing kernel's reads), and
+GEMVs loading their first weight tile into registers before the wait (3.774 against 3.759 ms
+in one call): a step's chain time stays in the GEMVs' own streaming, 26.3 us a GEMV with or
+without, 3.39 ms of a 3.75 ms step.
 """
 
 from __future__ import annotations
