@@ -37,23 +37,12 @@ T = TypeVar("T")
 
 
 @triton.jit
-def _mac(x, w, acc, IEEE: tl.constexpr):
-    """acc + x @ w^T on the tensor cores (fp32 weights: the IEEE products)."""
-    if IEEE:
-        return tl.dot(x, tl.trans(w), acc, input_precision="ieee")
-    else:
-        return tl.dot(x, tl.trans(w), acc)
-
-
-@triton.jit
 def _gemv(x_ptr, w_ptr, out_ptr, B, N, K, PAIR, PER_SPLIT, stride_x, stride_o, stride_s,
           BP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-          SWIGLU: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
-          PRELOAD: tl.constexpr):
+          SWIGLU: tl.constexpr, SPLIT: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr):
     """out[b, n] = x[b] . w[n]. SWIGLU: w holds gate rows then up rows (PAIR = N below) and
     out = silu(gate) * up. SPLIT: program (i, s) sums k in [s * PER_SPLIT, (s + 1) * PER_SPLIT)
-    into out[s] in fp32, unrounded. PRELOAD: the program's first weight tile is loaded before
-    the wait for the kernel before (the weights do not depend on it), the rest in the loop."""
+    into out[s] in fp32, unrounded."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     b = tl.arange(0, BP)
     live_n = n < N
@@ -61,36 +50,27 @@ def _gemv(x_ptr, w_ptr, out_ptr, B, N, K, PAIR, PER_SPLIT, stride_x, stride_o, s
     dtype = w_ptr.dtype.element_ty
     k_start = tl.program_id(1) * PER_SPLIT
     k_end = tl.minimum(k_start + PER_SPLIT, K)
+    wait_for_previous(PDL)
     acc = tl.zeros([BP, BLOCK_N], tl.float32)
-    acc_up = tl.zeros([BP, BLOCK_N], tl.float32)
-    k_loop = k_start
-    if PRELOAD:
-        k = k_start + tl.arange(0, BLOCK_K)
-        live_k = k < k_end
-        at = n[:, None].to(tl.int64) * K + k[None, :]
-        w0 = tl.load(w_ptr + at, mask=live_n[:, None] & live_k[None, :], other=0.0)
-        if SWIGLU:
-            u0 = tl.load(w_ptr + at + PAIR * K, mask=live_n[:, None] & live_k[None, :], other=0.0)
-        wait_for_previous(PDL)
-        x0 = tl.load(x_ptr + b[:, None] * stride_x + k[None, :],
-                     mask=live_b[:, None] & live_k[None, :], other=0.0)
-        acc = _mac(x0, w0, acc, IEEE)
-        if SWIGLU:
-            acc_up = _mac(x0, u0, acc_up, IEEE)
-        k_loop = k_start + BLOCK_K
-    else:
-        wait_for_previous(PDL)
-    for k0 in range(k_loop, k_end, BLOCK_K):
+    if SWIGLU:
+        acc_up = tl.zeros([BP, BLOCK_N], tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         live_k = k < k_end
         xk = tl.load(x_ptr + b[:, None] * stride_x + k[None, :],
                      mask=live_b[:, None] & live_k[None, :], other=0.0)
         at = n[:, None].to(tl.int64) * K + k[None, :]
         wk = tl.load(w_ptr + at, mask=live_n[:, None] & live_k[None, :], other=0.0)
-        acc = _mac(xk, wk, acc, IEEE)
+        if IEEE:
+            acc = tl.dot(xk, tl.trans(wk), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(xk, tl.trans(wk), acc)
         if SWIGLU:
             wu = tl.load(w_ptr + at + PAIR * K, mask=live_n[:, None] & live_k[None, :], other=0.0)
-            acc_up = _mac(xk, wu, acc_up, IEEE)
+            if IEEE:
+                acc_up = tl.dot(xk, tl.trans(wu), acc_up, input_precision="ieee")
+            else:
+                acc_up = tl.dot(xk, tl.trans(wu), acc_up)
     out_at = b[:, None] * stride_o + n[None, :]
     live = live_b[:, None] & live_n[None, :]
     if SPLIT:
@@ -166,8 +146,8 @@ def gemv(x: torch.Tensor, w: torch.Tensor, tiling: Tiling, *, swiglu: bool = Fal
         x, w, out, batch, n, k, n, per, x.stride(0), out.stride(-2),
         out.stride(0) if partial else 0, BP=max(16, triton.next_power_of_2(batch)),
         BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, SWIGLU=swiglu, SPLIT=partial,
-        IEEE=w.dtype == torch.float32, PRELOAD=overlap.preload, num_warps=tiling.warps,
-        num_stages=tiling.stages, **overlap.launch())
+        IEEE=w.dtype == torch.float32, num_warps=tiling.warps, num_stages=tiling.stages,
+        **overlap.launch())
     return out
 
 

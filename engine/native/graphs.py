@@ -32,7 +32,6 @@ SPAN_STEP = 256      # KV slots per captured span
 KERNELS = "kernels"  # compile=full's mode: fused.py's tuned kernels (else an inductor mode)
 # the same kernels without programmatic dependent launch (overlap.py): native_decode.py's A/B
 SERIAL = "kernels-serial"
-PRELOAD = "kernels-preload"   # GEMVs load their first weight tile before the wait
 INDUCTOR = "max-autotune-no-cudagraphs"   # the pieces' mode where those kernels do not apply
 
 
@@ -75,17 +74,15 @@ class Decoder:
                 raise NativeUnsupported("compile=full captures the decode step in CUDA graphs, "
                                         "which need a CUDA device: use compile=off on the CPU")
             start = time.perf_counter_ns()
-            ours = mode in (KERNELS, SERIAL, PRELOAD)
+            ours = mode in (KERNELS, SERIAL)
             if ours and model.all_reduce is None and model.decode_attention is not None:
                 from .fused import FusedDecode
                 from .overlap import Overlap
 
-                overlap = Overlap.best(torch.device(device)) if mode == KERNELS else \
-                    Overlap(True, True) if mode == PRELOAD else Overlap()
+                overlap = Overlap.best(torch.device(device)) if mode == KERNELS else Overlap()
                 self.fused = FusedDecode(model, cache, overlap)
                 plans = "; ".join(f"batch {b}: {self.fused.tune(b)}" for b in self.batches)
-                launch = ("dependent launch" + (", weights preloaded" if overlap.preload else "")
-                          if overlap.pdl else "serial launch")
+                launch = "dependent launch" if overlap.pdl else "serial launch"
                 what = f"native decode kernels ({launch}), tilings timed on this card: {plans}"
             else:
                 inductor_mode = INDUCTOR if ours else mode

@@ -31,7 +31,6 @@ import triton.language as tl
 class Overlap:
     """How each kernel is launched after the one before it."""
     pdl: bool = False        # programmatic dependent launch (compute capability 9.0 and later)
-    preload: bool = False    # under pdl, GEMVs load their first weight tile before the wait
 
     @staticmethod
     def best(device: torch.device) -> Overlap:
