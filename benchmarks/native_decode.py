@@ -198,11 +198,7 @@ def main() -> None:
             step_profile(native, loaded, label)
         native.close()
         del native
-    hf_points = [tuple(int(v) for v in pt.split("x"))
-                 for pt in filter(None, args.hf_points.split(","))]
-    if hf_points:
-        rows += preset_max(loaded, hf_points, args.tokens, bw, weights, token_bytes)
-    table(rows, {})
+    # gpt-fast before --preset max: its processes leave the card before hf builds its own
     peer = {}
     for batch, prompt in peer_points:
         peer[(batch, prompt)] = peers.time((batch, prompt))
@@ -211,8 +207,11 @@ def main() -> None:
         ms = peer[(batch, prompt)].get("ms")
         ratio = f", native static / gpt-fast {ours[0] / ms:.2f}" if ours and ms else ""
         print(f"# gpt-fast {batch}x{prompt}: {peer[(batch, prompt)]}{ratio}", flush=True)
-    if peer:
-        table(rows, peer)
+    hf_points = [tuple(int(v) for v in pt.split("x"))
+                 for pt in filter(None, args.hf_points.split(","))]
+    if hf_points:
+        rows += preset_max(loaded, hf_points, args.tokens, bw, weights, token_bytes)
+    table(rows, peer)
     if args.mixed:          # after gpt-fast's processes have left the card's memory
         mixed_kv(loaded, args.mixed)
 
