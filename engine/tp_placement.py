@@ -76,8 +76,10 @@ def check(spec: specs.ModelSpec, device: str, size: int, opts: dict[str, str]) -
         raise catalogue.OptionError(
             f"--tp {size} does not divide {spec.name}'s {heads} attention heads and {kv_heads} "
             f"KV heads: tensor parallelism splits whole heads (sizes that fit: {fits})")
-    if opts.get("kv") == "paged":
-        raise catalogue.OptionError("kv=paged (continuous batching) does not run with --tp > 1 yet")
+    if opts.get("kv") == "paged" and opts.get("backend", "hf") != "native":
+        raise catalogue.OptionError("kv=paged with --tp > 1 runs on backend=native (its block "
+                                    "pool holds each rank's KV heads); transformers' continuous "
+                                    "batching does not shard")
     if external:
         return  # torchrun's --nproc-per-node and --nnodes decided the GPUs
     if device.startswith("cuda:"):   # an explicit first GPU: the ranks take the next ones

@@ -175,6 +175,27 @@ def test_a_tp_that_does_not_divide_the_heads_is_refused_before_loading(engine, t
     assert not [e for e in seen if isinstance(e, ModelInfo)]
 
 
+def test_native_paged_runs_on_two_ranks_and_hf_paged_is_refused(engine, tp1_record):
+    """backend=native's block pool holds each rank's KV heads, so kv=paged takes --tp 2 and
+    gives native static's tokens; transformers' continuous batching is refused in one line."""
+    native = {"backend": "native", "attention": "sdpa"}
+    got = {}
+    for kv in ("static", "paged"):
+        ev, _ = configure(engine, Configure(model=TINY, device="cpu", dtype="bf16", tp=2,
+                                            opts={**native, "kv": kv}))
+        assert isinstance(ev, GuardResult), ev
+        record, _ = run(engine, Generate(run_id=20, **REQUEST))
+        assert record["config"]["tp"] == 2 and record["kv"] == kv
+        got[kv] = ids(record)
+    assert got["paged"] == got["static"] and len(set(got["paged"][0])) > 1
+    ev, _ = configure(engine, Configure(model=TINY, device="cpu", dtype="bf16", tp=2,
+                                        opts={"kv": "paged"}))
+    assert isinstance(ev, Error) and ev.kind == "config", ev
+    assert ev.message.startswith("kv=paged with --tp > 1 runs on backend=native")
+    ev, _ = configure(engine, Configure(model=TINY, device="cpu", dtype="bf16", tp=2))
+    assert isinstance(ev, GuardResult), ev     # back to hf for the tests after this one
+
+
 def test_close_leaves_no_follower(engine, tp1_record):
     procs = followers(engine.pid)
     assert len(procs) == 1
