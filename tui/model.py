@@ -143,9 +143,11 @@ class DashboardModel:
         return tp_choices(s.model.heads, s.model.kv_heads, s.device.device,
                           getattr(s.device, "gpu_count", 0))
 
-    def would_fail(self, axis: str, name: str) -> bool:
-        """Whether choosing axis=name now gives a configuration that failed to apply before."""
-        return config_id(replace(self.desired, opts={**self.desired.opts, axis: name})) in self.failed
+    def would_fail(self, axis: str, name: str) -> str:
+        """Why choosing axis=name now gives a configuration that failed to apply before ("" if
+        it did not): the reason stays beside the option after its toast has gone."""
+        return self.failed.get(config_id(replace(self.desired, opts={**self.desired.opts,
+                                                                     axis: name})), "")
 
     def conflict(self) -> str | None:
         return catalogue.conflicts(self.desired.opts)

@@ -188,7 +188,7 @@ def test_config_failing_at_apply_time_is_reported_once_and_the_loop_goes_on(engi
             assert model.desired.opts["attention"] == "sdpa"
             assert all(r.opts["attention"] == "sdpa" for r in done_runs(app))
             await pilot.pause(0.2)
-            assert "failed here" in screen_text(app)   # marked in the optimize tab
+            assert "failed here: " in screen_text(app)   # marked in the optimize tab, with why
 
     run_async(body())
 

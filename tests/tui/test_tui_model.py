@@ -126,8 +126,10 @@ def test_config_that_fails_at_apply_time_is_reported_once_and_never_retried():
     assert len(errors) == 1 and "failed to apply" in errors[0] and "choose it again" in errors[0]
     assert model.desired.opts == good.opts and config_id(bad) in model.failed
     assert any(mk.kind == "failed" for mk in model.session.markers)
-    # the user asks for it again: that is a retry
+    # the user asks for it again: that is a retry; the option says why it failed until then
     model.select_option("compile", "full")
+    assert model.would_fail("kv", "static") == "compile=full kv=static failed: CppCompileError"
+    assert model.would_fail("kv", good.opts["kv"]) == ""
     model.select_option("kv", "static")
     assert config_id(bad) not in model.failed
 

@@ -19,6 +19,7 @@ from .base import Coalesced, palette
 from .tp_control import TpControl
 
 WAITING = "waiting for the engine to report what runs on this device"
+FAILURE_CHARS = 90   # of a failure's reason beside its option (the session file keeps it whole)
 
 
 class OptimizationsPanel(VerticalScroll, Coalesced, can_focus=False):
@@ -43,7 +44,7 @@ class OptimizationsPanel(VerticalScroll, Coalesced, can_focus=False):
         self.redraw_now()
 
     def option_prompt(self, name: str, ok: bool, known: bool, applied: bool, wanted: bool,
-                      failed: bool, reason: str) -> Text:
+                      failed: str, reason: str) -> Text:
         v = palette(self.app)
         prompt = Text(no_wrap=False)
         if not known:
@@ -67,7 +68,8 @@ class OptimizationsPanel(VerticalScroll, Coalesced, can_focus=False):
             prompt.append("○ ", style="dim")
             prompt.append(name)
         if failed:
-            prompt.append("  failed here (choose again to retry)", style=v["warning"])
+            why = failed if len(failed) <= FAILURE_CHARS else failed[:FAILURE_CHARS - 1] + "…"
+            prompt.append(f"  failed here: {why} (choose again to retry)", style=v["warning"])
         if reason:
             prompt.append(f"  {reason}", style="italic dim")
         return prompt
