@@ -700,3 +700,28 @@ def test_a_long_configuration_label_is_shortened_not_the_guard_or_the_figures(si
         assert shortened or size[0] > 200, "\n".join(lines)
 
     run_app(body, size=size)
+
+
+def test_a_failed_configuration_keeps_its_reason_in_the_optimize_tab():
+    """After the toast has gone: a failure one option leads back to is told beside that option;
+    one of two options changed at once (flex + static + compile=full on a CPU) under the
+    options' legend, since no single option reproduces it."""
+    from llmtop.tui.model import config_id
+    from llmtop.tui.widgets.optimizations import OptimizationsPanel
+
+    async def body(app, pilot):
+        fx.feed(app)
+        model = app.model
+        one = replace(model.desired, opts={**model.desired.opts, "kv": "static"})
+        two = replace(model.desired, opts={**model.desired.opts, "kv": "static",
+                                           "compile": "full"})
+        model.failed[config_id(one)] = "boom-one"
+        model.failed[config_id(two)] = "kv=static compile=full failed: boom-two"
+        await pilot.press("o")
+        app.query_one(OptimizationsPanel).redraw_now()
+        await pilot.pause()
+        text = screen_text(app)
+        assert "failed here: boom-one" in text and text.count("boom-one") == 1
+        assert "✗ kv=static compile=full failed: boom-two" in text
+
+    run_app(body)

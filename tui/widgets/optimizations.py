@@ -80,6 +80,7 @@ class OptimizationsPanel(VerticalScroll, Coalesced, can_focus=False):
         table = model.session.device.options if model.session.device else None
         applied = model.applied.opts if model.applied else {}
         wanted = model.desired.opts
+        marked: set[str] = set()       # failures shown beside an option
         for axis, options in AXES.items():
             ol = self.query_one(f"#opt-{axis}", AxisList)
             for name in options:
@@ -88,6 +89,7 @@ class OptimizationsPanel(VerticalScroll, Coalesced, can_focus=False):
                 ok = bool(info and info.get("ok"))
                 reason = (info or {}).get("reason", "") if table else ""
                 failed = model.would_fail(axis, name)
+                marked.add(failed)
                 ol.replace_option_prompt(oid, self.option_prompt(
                     name, ok, table is not None, applied.get(axis) == name,
                     wanted.get(axis) == name, failed, reason))
@@ -110,4 +112,7 @@ class OptimizationsPanel(VerticalScroll, Coalesced, can_focus=False):
                           style=f"bold {v['accent']}")
         else:
             status.append("● applied  ◆ next run  ✗ unavailable here (reason shown)", style="dim")
+        # a failure no single option leads back to (two axes changed at once) is told here
+        for why in [w for w in model.failed.values() if w not in marked][-2:]:
+            status.append(f"\n✗ {why} (choose it again to retry)", style=v["warning"])
         self.query_one("#opt-status", Static).update(status)
