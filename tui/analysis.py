@@ -34,7 +34,8 @@ def collective_share(pct: float | None, tp: int) -> str:
 
 
 def bottleneck(device: str, roof: dict[str, Any] | None, gpu_busy_pct: float | None,
-               collective_pct: float | None = None, tp: int = 1) -> tuple[str, str]:
+               collective_pct: float | None = None, tp: int = 1,
+               opts: dict[str, str] | None = None) -> tuple[str, str]:
     """What bounds the run: (kind, one line).
     kind: memory | collective | compute | launch | kernel | overhead | none.
 
@@ -43,19 +44,29 @@ def bottleneck(device: str, roof: dict[str, Any] | None, gpu_busy_pct: float | N
     Decode reads every weight once a step, so near the bandwidth floor nothing but less data
     helps; a GPU that is mostly idle between kernels waits on the CPU launching them, which CUDA
     graphs remove; ranks that spend a third of each step in all-reduce wait on each other.
+    `opts`, the run's options: the advice names only what the run has not applied yet.
     """
     if device == ENDPOINT:
         return "none", ("the server's own: its kernels and ceilings are not visible from here; "
                         "the stamps include the network and its streaming interval")
-    line = _bottleneck(device, roof, gpu_busy_pct, collective_pct, tp)
+    line = _bottleneck(device, roof, gpu_busy_pct, collective_pct, tp, opts or {})
     share = collective_share(collective_pct, tp)
     if share and line[0] not in ("collective", "none"):
         return line[0], f"{line[1]}; {share}"
     return line
 
 
+def next_step(opts: dict[str, str], steps: list[tuple[str, str, str]]) -> str:
+    """': try <what>' for the first (axis, value, what) of `steps` the run has not applied, or
+    '' when it has them all."""
+    for axis, value, what in steps:
+        if opts.get(axis) != value:
+            return f": try {what}"
+    return ""
+
+
 def _bottleneck(device: str, roof: dict[str, Any] | None, gpu_busy_pct: float | None,
-                collective_pct: float | None, tp: int) -> tuple[str, str]:
+                collective_pct: float | None, tp: int, opts: dict[str, str]) -> tuple[str, str]:
     if not roof:
         return "none", "no run measured yet"
     dec = roof.get("decode_pct")
@@ -73,7 +84,9 @@ def _bottleneck(device: str, roof: dict[str, Any] | None, gpu_busy_pct: float | 
                               f"ranks help")
     if on_gpu and gpu_busy_pct is not None and gpu_busy_pct < LAUNCH_BOUND_BUSY:
         return "launch", (f"launch-bound: GPU busy {gpu_busy_pct:.0f}%, idle between kernels; "
-                          f"decode at {dec:.0f}% of its floor: try compile=full (kv=static)")
+                          f"decode at {dec:.0f}% of its floor"
+                          + next_step(opts, [("compile", "full", "compile=full (kv=static)"),
+                                             ("backend", "native", "backend=native")]))
     if pre is not None and not math.isnan(pre) and pre >= COMPUTE_BOUND_PCT:
         return "compute", (f"compute-bound prefill: {pre:.0f}% of the FLOP floor; decode at "
                            f"{dec:.0f}% of the bandwidth floor")
@@ -82,7 +95,9 @@ def _bottleneck(device: str, roof: dict[str, Any] | None, gpu_busy_pct: float | 
         return "kernel", (f"kernel-bound: GPU busy {busy} yet decode at {dec:.0f}% of the bandwidth "
                           f"floor: the kernels themselves are slow (attention, GEMM choice)")
     return "overhead", (f"overhead-bound: decode at {dec:.0f}% of the bandwidth floor; on a CPU "
-                        f"framework overhead per step dominates (try kv=static)")
+                        f"framework overhead per step dominates"
+                        + next_step(opts, [("kv", "static", "kv=static"),
+                                           ("backend", "native", "backend=native")]))
 
 
 def bar(fraction: float | None, width: int) -> str:

@@ -9,7 +9,8 @@ AXIS = Axis(
     options={
         "dynamic": "grows with every token (transformers' DynamicCache)",
         "static": "preallocated at a fixed length (StaticCache): fixed shapes for compile=full",
-        "paged": "transformers' continuous batching over a paged cache",
+        "paged": "a paged cache: transformers' continuous batching (hf), llmtop's block pool "
+                 "(native)",
     },
     default="dynamic",
     why_default="transformers' own default; it needs no length known in advance",
@@ -33,4 +34,4 @@ def availability(here: Here) -> dict[str, Availability]:
 
     ok, why = paged_available()
     return {"dynamic": Availability(True), "static": Availability(True),
-            "paged": Availability(ok, why or "transformers' continuous batching, paged cache")}
+            "paged": Availability(ok, why or "hf: continuous batching; native: a block pool")}

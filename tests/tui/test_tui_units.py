@@ -170,7 +170,19 @@ def test_bottleneck(device, roof, busy, kind):
     got, line = analysis.bottleneck(device, roof, busy)
     assert got == kind and line
     if kind == "launch":
-        assert "compile=full" in line
+        assert "try compile=full" in line
+
+
+def test_bottleneck_advice_names_only_what_the_run_has_not_applied():
+    cpu = {"decode_pct": 20, "prefill_pct": 3, "achieved_gb_s": 7}
+    gpu = {"decode_pct": 20, "prefill_pct": 10, "achieved_gb_s": 600}
+    line = lambda dev, roof, busy, **o: analysis.bottleneck(dev, roof, busy, opts=o)[1]  # noqa: E731
+    assert line("cpu", cpu, None, kv="dynamic").endswith("dominates: try kv=static")
+    assert line("cpu", cpu, None, kv="static", backend="hf").endswith(": try backend=native")
+    assert line("cpu", cpu, None, kv="static", backend="native").endswith("dominates")
+    assert line("cuda", gpu, 30, compile="off").endswith(": try compile=full (kv=static)")
+    assert line("cuda", gpu, 30, compile="full", backend="hf").endswith(": try backend=native")
+    assert "try" not in line("cuda", gpu, 30, compile="full", backend="native")
 
 
 def test_formatting_never_invents_zero():

@@ -156,7 +156,8 @@ class MetricsPanel(Static, Coalesced):
                 table.add_row(label, x, y, style="dim" if previous else "")
         device = session.model.device if session.model else model.desired.device
         tp = session.model.tp if session.model else 1
-        kind, line = bottleneck(device, run_roof, model.gpu_busy_pct(), model.collective_pct(), tp)
+        kind, line = bottleneck(device, run_roof, model.gpu_busy_pct(), model.collective_pct(), tp,
+                                run.opts if run else model.desired.opts)
         colour = {"memory": "success", "launch": "warning", "compute": "success",
                   "collective": "warning",
                   "kernel": "warning", "overhead": "warning"}.get(kind, "foreground")
