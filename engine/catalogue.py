@@ -46,13 +46,14 @@ class OptionError(ValueError):
 
 
 def parse_opts(pairs: list[str], preset: str | None = None) -> dict[str, str]:
-    """`["attention=sdpa", ...]` (after an optional preset) as a full axis -> option map."""
+    """`["attention=sdpa", "kv=static,compile=full", ...]` (after an optional preset) as a full
+    axis -> option map: `llmtop --opt` takes the comma form as `llmtop bench --opt` does."""
     opts = dict(DEFAULTS)
     if preset:
         if preset not in PRESETS:
             raise OptionError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
         opts.update(PRESETS[preset])
-    for pair in pairs:
+    for pair in (p for item in pairs for p in item.split(",") if p):
         axis, sep, value = pair.partition("=")
         if not sep:
             raise OptionError(f"--opt takes AXIS=VALUE, got {pair!r}")

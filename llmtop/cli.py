@@ -30,8 +30,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto",
                    help="cpu, cuda or cuda:N (ROCm GPUs are cuda too); auto = cuda if present")
     g.add_argument("--dtype", default=catalogue.DEFAULTS["dtype"], choices=catalogue.AXES["dtype"])
-    g.add_argument("--opt", action="append", default=[], metavar="AXIS=VALUE",
-                   help="an optimization, e.g. attention=sdpa, kv=static, compile=full, "
+    g.add_argument("--opt", action="append", default=[], metavar="AXIS=VALUE[,AXIS=VALUE]",
+                   help="optimizations, e.g. attention=sdpa, kv=static,compile=full, "
                         "gemm=tunableop (repeatable; `llmtop info` lists them all)")
     g.add_argument("--preset", choices=list(catalogue.PRESETS),
                    help="a named set of optimizations, applied before --opt: " + "; ".join(

@@ -107,6 +107,8 @@ def test_catalogue_names_are_the_only_names():
     assert catalogue.parse_opts([], "baseline")["attention"] == "eager"
     with pytest.raises(catalogue.OptionError, match="unknown axis"):
         catalogue.parse_opts(["speed=max"])
+    both = catalogue.parse_opts(["backend=native,kv=static", "compile=full"])
+    assert (both["backend"], both["kv"], both["compile"]) == ("native", "static", "full")
     assert set(catalogue.PRESETS) == {"baseline", "study", "max"}
     for preset in catalogue.PRESETS.values():
         for axis, value in preset.items():
