@@ -68,7 +68,7 @@ def next_step(opts: dict[str, str], steps: list[tuple[str, str, str]]) -> str:
 def _bottleneck(device: str, roof: dict[str, Any] | None, gpu_busy_pct: float | None,
                 collective_pct: float | None, tp: int, opts: dict[str, str]) -> tuple[str, str]:
     if not roof:
-        return "none", "no run measured yet"
+        return "none", "not measured yet (a run's first tokens)"
     dec = roof.get("decode_pct")
     pre = roof.get("prefill_pct")
     if dec is None or (isinstance(dec, float) and math.isnan(dec)):
