@@ -16,6 +16,7 @@ bytes static and paged reserve for a batch of mixed prompt lengths.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -150,6 +151,9 @@ def main() -> None:
                          "inductor mode (max-autotune-no-cudagraphs); rows of the later ones "
                          "are labelled with it")
     ap.add_argument("--profile", action="store_true", help="kernel table of a 1x128 step")
+    ap.add_argument("--prefill", default="",
+                    help="prompt lengths whose TTFT is timed with the prefill eager and compiled "
+                         "(e.g. 128,2048; '': none)")
     ap.add_argument("--hf-points", default="1x128,8x128",
                     help="points of backend=hf --preset max ('': none; each compiles ~1 min)")
     args = ap.parse_args()
@@ -196,6 +200,8 @@ def main() -> None:
                   f"{max(g):.3f} ms", flush=True)
         if args.profile and kv == "static":
             step_profile(native, loaded, label)
+        if args.prefill and kv == "static" and mode == modes[0]:
+            prefill_compare(native, loaded, [int(v) for v in args.prefill.split(",")])
         native.close()
         del native
     # gpt-fast before --preset max: its processes leave the card before hf builds its own
@@ -239,6 +245,41 @@ def preset_max(loaded: models.Loaded, points: list[tuple[int, int]], tokens: int
     del hf
     torch.cuda.empty_cache()
     return rows
+
+
+def prefill_compare(native: NativeBackend, loaded: models.Loaded, prompts: list[int],
+                    repeat: int = 5) -> None:
+    """TTFT of one request with the prefill's pieces eager and compiled (fullgraph, dynamic
+    prompt length, inductor's default mode: one compile for every length): #16's "prefill
+    compiled or not". Median of `repeat` after a warm-up per length (the compile, once)."""
+    from llmtop.engine.native.model import EAGER, Pieces, attn_in, attn_out_mlp, head
+
+    kw = dict(fullgraph=True, dynamic=True)
+    compiled = Pieces(torch.compile(attn_in, **kw), torch.compile(attn_out_mlp, **kw),
+                      torch.compile(head, **kw))
+    eager = native.model.prefill
+    cuda = loaded.device != "cpu" and torch.cuda.is_available()
+
+    def ttft(prompt: int) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter_ns()
+        return (timed_run(native, loaded, 1, prompt, 1)[0] - t0) / 1e6
+
+    got = {}
+    for name, fns in (("eager", EAGER), ("compiled", compiled)):
+        native.model.prefill = functools.partial(eager, fns=fns)
+        t = time.perf_counter()
+        for prompt in prompts:
+            ttft(prompt)
+        warm = time.perf_counter() - t
+        got[name] = [statistics.median(ttft(pr) for _ in range(repeat)) for pr in prompts]
+        print(f"# prefill {name}: TTFT " + ", ".join(
+            f"{pr} tokens {ms:.2f} ms" for pr, ms in zip(prompts, got[name]))
+            + f" (first of each length: {warm:.1f} s)", flush=True)
+    del native.model.prefill            # back to the method
+    print("# prefill compiled / eager: " + ", ".join(
+        f"{pr} tokens {c / e:.2f}" for pr, e, c in zip(prompts, got["eager"], got["compiled"])))
 
 
 def chain_times(kernels: list[tuple[float, float, str]]) -> dict[str, list[float]]:

@@ -224,11 +224,12 @@ class NativeLlama:
         return sum(t.numel() * t.element_size() for t in ts)
 
     def prefill(self, ids: torch.Tensor, row: int, cache: Any,
-                attend: Callable[..., torch.Tensor]) -> torch.Tensor:
+                attend: Callable[..., torch.Tensor], fns: Pieces = EAGER) -> torch.Tensor:
         """One request's prompt ids [1, T] into cache row `row` from slot 0; last logits [1, V].
 
         Rows are prefilled one by one and unpadded, so attention is plain causal and every
-        pinned SDPA backend (flash has no arbitrary masks) and flex can run it.
+        pinned SDPA backend (flash has no arbitrary masks) and flex can run it. `fns`: the
+        pieces (benchmarks/native_decode.py --prefill times them compiled against eager).
         """
         s = self.shape
         t = ids.shape[1]
@@ -236,12 +237,12 @@ class NativeLlama:
         at = cache.targets(torch.full((t,), row, device=ids.device), pos[0])
         x = F.embedding(ids, self.embed)
         for i, lay in enumerate(self.layers):
-            q, k, v = attn_in(x, lay.attn_norm, lay.wqkv, self.cos, self.sin, pos, s,
-                              cache.k[i], cache.v[i], at)
+            q, k, v = fns.attn_in(x, lay.attn_norm, lay.wqkv, self.cos, self.sin, pos, s,
+                                  cache.k[i], cache.v[i], at)
             o = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-            x = attn_out_mlp(x, o.transpose(1, 2), lay.wo, lay.mlp_norm, lay.w13, lay.w2,
-                             s.eps, self.all_reduce)
-        return head(x[:, -1], self.norm, self.lm_head, s.eps)
+            x = fns.attn_out_mlp(x, o.transpose(1, 2), lay.wo, lay.mlp_norm, lay.w13, lay.w2,
+                                 s.eps, self.all_reduce)
+        return fns.head(x[:, -1], self.norm, self.lm_head, s.eps)
 
     def decode(self, ids: torch.Tensor, lens: torch.Tensor, cache: Any, span: int,
                fns: Pieces = EAGER) -> torch.Tensor:
