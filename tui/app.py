@@ -197,8 +197,8 @@ class LlmtopApp(EngineLink, TelemetryLink, App):
     def fresh_engine(self) -> None:
         self._launch_engine()
 
-    def show_profile(self, profile: Any) -> None:
-        self.push_screen(ProfileScreen(profile))
+    def show_profile(self, profile: Any, opts: dict[str, str]) -> None:
+        self.push_screen(ProfileScreen(profile, opts))
 
     # ---- what widgets and tests read -----------------------------------------------------------
 

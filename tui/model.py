@@ -46,7 +46,7 @@ class Port(Protocol):
     def notify(self, text: str, severity: str = "information", timeout: float = 4) -> None: ...
     def changed(self, *topics: str) -> None: ...
     def fresh_engine(self) -> None: ...
-    def show_profile(self, profile: StepProfile) -> None: ...
+    def show_profile(self, profile: StepProfile, opts: dict[str, str]) -> None: ...
 
 
 def config_id(cfg: Configure) -> tuple:
@@ -513,7 +513,7 @@ class DashboardModel:
         busy = f" {100 * ev.busy_ms / ev.step_ms:.0f}% busy" if ev.step_ms else ""
         run = next((r for r in reversed(s.runs) if r.run_id == ev.run_id), None)
         s.markers.append(Marker(run.first_step if run else s.steps, "profile", "profile" + busy))
-        self.port.show_profile(ev)
+        self.port.show_profile(ev, run.opts if run else self.desired.opts)
         self.port.changed("markers", "profile")
 
     def _on_error(self, ev: Error) -> None:

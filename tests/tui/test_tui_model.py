@@ -38,7 +38,7 @@ class ListPort:
     def fresh_engine(self) -> None:
         self.fresh += 1
 
-    def show_profile(self, profile) -> None:
+    def show_profile(self, profile, opts) -> None:
         pass
 
 

@@ -428,6 +428,14 @@ def test_profile_key_and_profile_screen():
         text = screen_text(app)
         assert "step profile" in text and "ampere_bf16_gemm_128x64" in text
         assert "18% busy" in text and "launch-bound" in text
+        from llmtop.tui.screens.profile import ProfileScreen, verdict
+        p = app.model.profiles[-1]
+        # run 3 is not in this session: the screen advises from the desired options (compile=off)
+        assert app.screen.opts == app.model.desired.opts and isinstance(app.screen, ProfileScreen)
+        assert verdict(p, app.screen.opts).endswith("(launch-bound: try compile=full with kv=static)")
+        assert verdict(p, {"compile": "full", "backend": "hf"}).endswith(
+            "(launch-bound: try backend=native)")
+        assert verdict(p, {"compile": "full", "backend": "native"}).endswith("(launch-bound)")
         assert app.model.gpu_busy_pct() == pytest.approx(100 * 8 / 44)
         app.client = None
 

@@ -13,13 +13,14 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from ..analysis import COLLECTIVE_BOUND_PCT, bar
+from ..analysis import COLLECTIVE_BOUND_PCT, bar, next_step
 from ..widgets.base import palette
 
 
-def verdict(profile: Any) -> str:
+def verdict(profile: Any, opts: dict[str, str]) -> str:
     """One line on what the split means: ranks waiting on each other first, since with tensor
-    parallelism the busy share counts the collectives' kernels as work."""
+    parallelism the busy share counts the collectives' kernels as work. `opts`: the profiled
+    run's options, so the advice names only what it has not applied."""
     if not profile.step_ms:
         return "no step was profiled"
     tp = getattr(profile, "tp", 1)
@@ -31,7 +32,9 @@ def verdict(profile: Any) -> str:
     what = "GPU" if profile.device == "gpu" else "CPU inside ATen ops"
     if busy < 0.6:
         return (f"{what} busy {busy:.0%} of each step: the rest is launch and Python overhead "
-                "between kernels (launch-bound: try compile=full with kv=static)")
+                "between kernels (launch-bound"
+                + next_step(opts, [("compile", "full", "compile=full with kv=static"),
+                                   ("backend", "native", "backend=native")]) + ")")
     return f"{what} busy {busy:.0%} of each step: the kernels themselves bound the step"
 
 
@@ -43,9 +46,9 @@ class ProfileScreen(ModalScreen):
         border: thick $primary; background: $surface; padding: 0 1; }
     """
 
-    def __init__(self, profile: Any) -> None:
+    def __init__(self, profile: Any, opts: dict[str, str]) -> None:
         super().__init__()
-        self.profile = profile
+        self.profile, self.opts = profile, opts
 
     def compose(self) -> ComposeResult:
         p = self.profile
@@ -62,7 +65,7 @@ class ProfileScreen(ModalScreen):
                         f"decode step, {p.collective_calls} calls\n")
             head.append(bar(p.collective_pct / 100, 60), style=f"{v['warning']} on {v['panel']}")
             head.append(f"  {p.collective_pct:.0f}% of each decode step in all-reduce\n")
-        head.append(verdict(p) + "\n", style=v["accent"])
+        head.append(verdict(p, self.opts) + "\n", style=v["accent"])
         table = Table(box=box.SIMPLE_HEAD, expand=True, header_style=f"bold {v['primary']}")
         table.add_column("kernel / op", overflow="ellipsis", no_wrap=True, ratio=1)
         table.add_column("calls", justify="right")
