@@ -259,9 +259,11 @@ def _tp_section(results: dict[str, Any], points: list[dict[str, Any]]) -> list[s
                   *matrix_text(topo), "```"]
     rows = [p for p in tp_points if p.get("profiled_step")]
     if rows:
+        busy = "GPU busy ms" if str(rows[0].get("device", "")).startswith("cuda") else \
+            "busy in ATen ops ms"      # a CPU's profile counts the ops' own time
         lines += ["", "Collectives per decode step (torch profiler over 4 decode steps of the "
                   "point's first warm-up run; measured runs are not profiled):", "",
-                  "| config | tp | batch | profiled step ms | GPU busy ms | in collectives ms | share |",
+                  f"| config | tp | batch | profiled step ms | {busy} | in collectives ms | share |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for p in rows:
             c = p["profiled_step"]

@@ -23,6 +23,7 @@ def test_bench_over_tp_sizes_reports_the_collective_share(tmp_path):
     assert 0 < share["collective_ms"] < share["step_ms"] and 0 < share["collective_pct"] < 100
     report = (out / "report.md").read_text()
     assert "## Tensor parallelism" in report and "Collectives per decode step" in report
+    assert "| busy in ATen ops ms |" in report and "GPU busy" not in report   # a CPU's ranks
     assert "baseline tp1" in report and "baseline tp2" in report  # one chart, a line per size
     # two ranks split the weights: their floor is half of one rank's (70B at TP=4 read 150 %)
     floors = {tp: p["roofline"]["decode_floor_ms"] for tp, p in points.items()}
