@@ -8,7 +8,7 @@ per span of SPAN_STEP slots and each step replays the smallest span that covers 
 row. Batch sizes are captured at powers of two up to the cache's batch; a batch in between
 replays the next size up, its extra rows idle.
 
-With compile=full on one CUDA device the step is fused.py's own kernels (nine a layer, each
+With compile=full on one CUDA device the step is fused.py's own kernels (eight a layer, each
 GEMV's tiling timed on this card at build time). Under tensor parallelism, or where the decode
 kernel does not apply, the step's pure pieces (model.Pieces: norm + q/k/v + rotary; o + MLP;
 the LM head) are compiled with fullgraph=True once per batch size instead (max-autotune with
