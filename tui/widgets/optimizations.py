@@ -19,7 +19,7 @@ from .base import Coalesced, palette
 from .tp_control import TpControl
 
 WAITING = "waiting for the engine to report what runs on this device"
-FAILURE_CHARS = 90   # of a failure's reason beside its option (the session file keeps it whole)
+FAILURE_CHARS = 160  # of a failure's reason beside its option (the session file keeps it whole)
 
 
 class OptimizationsPanel(VerticalScroll, Coalesced, can_focus=False):
